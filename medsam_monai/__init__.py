@@ -1,0 +1,18 @@
+"""medsam-monai: MedSAM for CT/MR volumes, as a MONAI bundle, a 3D Slicer extension and a fine-tuning recipe."""
+
+from .checkpoints import CheckpointError, build_sam, detect_variant, load_state_dict
+from .networks import SAM_VARIANTS, Sam
+from .precision import autocast
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SAM_VARIANTS",
+    "CheckpointError",
+    "Sam",
+    "__version__",
+    "autocast",
+    "build_sam",
+    "detect_variant",
+    "load_state_dict",
+]

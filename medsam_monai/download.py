@@ -1,0 +1,438 @@
+"""Download and cache pretrained MedSAM / SAM weights.
+
+Only the standard library is used so that fetching a checkpoint never requires
+(or slowly imports) torch, and so that the module works in minimal installs.
+
+Downloads are resumable (``<dest>.part`` plus an HTTP ``Range`` request),
+verified (size and SHA-256 when known) and atomic: ``dest`` only ever appears
+fully written, via :func:`os.replace`. Every failure message is a single line
+that tells the user how to get the file by hand, because the most common cause
+is a machine without internet access.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import pathlib
+import socket
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from typing import Callable, Optional, TextIO, Union
+
+__all__ = [
+    "ChecksumError",
+    "DownloadError",
+    "KNOWN_WEIGHTS",
+    "ProgressCallback",
+    "WeightsSource",
+    "default_cache_dir",
+    "download_file",
+    "fetch_weights",
+    "sha256_of_file",
+    "terminal_progress",
+    "verify_sha256",
+]
+
+#: ``(downloaded_bytes, total_bytes_or_None) -> None``
+ProgressCallback = Callable[[int, Optional[int]], None]
+PathLike = Union[str, "os.PathLike[str]"]
+
+_SUPPORTED_SCHEMES = ("http", "https", "file")
+_USER_AGENT = "medsam-monai-downloader/1"
+# Everything that means "the network let us down" (as opposed to a local disk
+# problem, which must surface unchanged). socket.timeout is TimeoutError on
+# Python >= 3.10 but is listed for clarity.
+_NETWORK_ERRORS = (
+    urllib.error.URLError,
+    http.client.HTTPException,
+    ConnectionError,
+    TimeoutError,
+    socket.timeout,
+)
+
+
+class DownloadError(RuntimeError):
+    """A download could not be completed; the message is one actionable line."""
+
+
+class ChecksumError(DownloadError):
+    """A file's size or SHA-256 digest does not match the expected value."""
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """Where a named checkpoint lives and how to recognise a good copy."""
+
+    name: str
+    url: str
+    filename: str
+    sha256: str | None
+    size: int | None
+    description: str
+
+
+_SAM_HOST = "https://dl.fbaipublicfiles.com/segment_anything"
+
+KNOWN_WEIGHTS: dict[str, WeightsSource] = {
+    source.name: source
+    for source in (
+        WeightsSource(
+            name="medsam_vit_b",
+            url="https://huggingface.co/flaviagiammarino/medsam-vit-base/resolve/main/pytorch_model.bin",
+            filename="medsam_vit_b_hf.bin",
+            sha256="b80a96478503f89e76f1f7bbba50cfcd4ec9e7467f0d5185310216b33946ec9c",
+            size=None,
+            description="MedSAM ViT-B (Hugging Face conversion of the official weights, Apache-2.0)",
+        ),
+        WeightsSource(
+            name="sam_vit_b",
+            url=f"{_SAM_HOST}/sam_vit_b_01ec64.pth",
+            filename="sam_vit_b_01ec64.pth",
+            sha256="ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
+            size=375042383,
+            description="SAM ViT-B (official Meta AI release, Apache-2.0)",
+        ),
+        WeightsSource(
+            name="sam_vit_l",
+            url=f"{_SAM_HOST}/sam_vit_l_0b3195.pth",
+            filename="sam_vit_l_0b3195.pth",
+            sha256=None,
+            size=None,
+            description="SAM ViT-L (official Meta AI release, Apache-2.0)",
+        ),
+        WeightsSource(
+            name="sam_vit_h",
+            url=f"{_SAM_HOST}/sam_vit_h_4b8939.pth",
+            filename="sam_vit_h_4b8939.pth",
+            sha256=None,
+            size=None,
+            description="SAM ViT-H (official Meta AI release, Apache-2.0)",
+        ),
+    )
+}
+
+
+# --------------------------------------------------------------------------- #
+# Cache location and hashing
+# --------------------------------------------------------------------------- #
+
+
+def default_cache_dir() -> pathlib.Path:
+    """Return the directory where downloaded weights are cached.
+
+    ``$MEDSAM_CACHE_DIR`` wins; otherwise the XDG cache convention is followed
+    (``$XDG_CACHE_HOME/medsam_monai`` or ``~/.cache/medsam_monai``).
+    """
+    override = os.environ.get("MEDSAM_CACHE_DIR")
+    if override:
+        return pathlib.Path(override).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = pathlib.Path(xdg).expanduser() if xdg else pathlib.Path.home() / ".cache"
+    return base / "medsam_monai"
+
+
+def sha256_of_file(path: PathLike, chunk_size: int = 1 << 20) -> str:
+    """Return the hex SHA-256 of ``path``, read in chunks (checkpoints are GBs)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(chunk_size), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_sha256(path: PathLike, expected: str) -> None:
+    """Raise :class:`ChecksumError` unless ``path`` hashes to ``expected``.
+
+    The comparison ignores case because published digests come in both.
+    """
+    actual = sha256_of_file(path)
+    if actual.lower() != expected.strip().lower():
+        raise ChecksumError(f"sha256 mismatch for {path}: expected {expected.strip().lower()}, got {actual}")
+
+
+# --------------------------------------------------------------------------- #
+# Download
+# --------------------------------------------------------------------------- #
+
+
+def _one_line(text: object) -> str:
+    """Collapse whitespace so that server-supplied text cannot break the one-line contract."""
+    return " ".join(str(text).split())
+
+
+def _check_scheme(url: str) -> None:
+    scheme = urllib.parse.urlparse(url).scheme.lower()
+    if scheme not in _SUPPORTED_SCHEMES:
+        raise ValueError(f"Unsupported URL scheme {scheme!r} in {url!r}: expected one of {', '.join(_SUPPORTED_SCHEMES)}")
+
+
+def _part_path(dest: pathlib.Path) -> pathlib.Path:
+    return dest.with_name(dest.name + ".part")
+
+
+def _manual_fallback(url: str, dest: pathlib.Path) -> str:
+    return f"download it by hand from {url} and pass its path with --checkpoint, or save it as {dest}"
+
+
+def _network_error(url: str, dest: pathlib.Path, part: pathlib.Path, what: object) -> DownloadError:
+    """Build the one-line error for a failed transfer, mentioning any resumable data."""
+    message = f"Downloading {url} failed ({_one_line(what)}); {_manual_fallback(url, dest)}"
+    if part.exists() and part.stat().st_size > 0:
+        message += f" (partial data kept in {part}; run again to resume)"
+    return DownloadError(message)
+
+
+def _parse_int(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _parse_content_range(value: str | None) -> tuple[int | None, int | None]:
+    """Parse ``bytes START-END/TOTAL`` into ``(START, TOTAL)``; unknown parts are None."""
+    if not value or not value.strip().lower().startswith("bytes "):
+        return None, None
+    span, _, total = value.strip()[6:].partition("/")
+    start = _parse_int(span.partition("-")[0].strip())
+    return start, _parse_int(total.strip()) if total.strip() != "*" else None
+
+
+def _stream_body(
+    response: http.client.HTTPResponse,
+    part: pathlib.Path,
+    mode: str,
+    offset: int,
+    total: int | None,
+    progress: ProgressCallback | None,
+    chunk_size: int,
+    on_error: Callable[[object], DownloadError],
+) -> None:
+    """Copy ``response`` into ``part`` (appending when ``mode`` is ``"ab"``)."""
+    downloaded = offset
+    with open(part, mode) as out:
+        while True:
+            try:
+                chunk = response.read(chunk_size)
+            except _NETWORK_ERRORS as err:
+                raise on_error(err) from err
+            if not chunk:
+                break
+            out.write(chunk)
+            downloaded += len(chunk)
+            if progress is not None:
+                progress(downloaded, total)
+    # http.client returns b"" instead of raising when the peer closes early,
+    # so a truncated body has to be detected here.
+    if total is not None and downloaded < total:
+        raise on_error(f"connection closed after {downloaded} of {total} bytes")
+
+
+def _fetch_into_part(
+    url: str,
+    dest: pathlib.Path,
+    part: pathlib.Path,
+    progress: ProgressCallback | None,
+    timeout: float,
+    chunk_size: int,
+) -> bool:
+    """Fill ``part`` with the resource at ``url``, resuming if it already has data.
+
+    Returns True when the server answered 416 (nothing left to send), i.e. the
+    part is either complete or stale; the caller decides which by verifying it.
+    """
+    offset = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
+    if offset:
+        request.add_header("Range", f"bytes={offset}-")
+
+    def on_error(what: object) -> DownloadError:
+        return _network_error(url, dest, part, what)
+
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as err:
+        err.close()
+        if err.code == 416 and offset:
+            if progress is not None:
+                progress(offset, offset)
+            return True
+        raise on_error(f"HTTP {err.code} {err.reason}") from err
+    except _NETWORK_ERRORS as err:
+        raise on_error(getattr(err, "reason", err)) from err
+
+    with response:
+        # file:// responses have no status; like a 200 they carry the whole body.
+        if response.status == 206:
+            start, total = _parse_content_range(response.headers.get("Content-Range"))
+            if start != offset:
+                # The server sent some other byte range: appending it would corrupt
+                # the file, so fall back to a clean full download.
+                response.close()
+                part.unlink()
+                return _fetch_into_part(url, dest, part, progress, timeout, chunk_size)
+            if total is None:
+                length = _parse_int(response.headers.get("Content-Length"))
+                total = offset + length if length is not None else None
+            _stream_body(response, part, "ab", offset, total, progress, chunk_size, on_error)
+        else:
+            # The server ignored the Range header and is sending everything.
+            total = _parse_int(response.headers.get("Content-Length"))
+            _stream_body(response, part, "wb", 0, total, progress, chunk_size, on_error)
+    return False
+
+
+def _verify_part(part: pathlib.Path, size: int | None, sha256: str | None) -> str | None:
+    """Return a description of what is wrong with ``part``, or None if it is good."""
+    if size is not None:
+        actual_size = part.stat().st_size
+        if actual_size != size:
+            return f"its size is {actual_size} bytes, expected {size}"
+    if sha256 is not None:
+        actual = sha256_of_file(part)
+        if actual.lower() != sha256.strip().lower():
+            return f"its sha256 is {actual}, expected {sha256.strip().lower()}"
+    return None
+
+
+def download_file(
+    url: str,
+    dest: PathLike,
+    sha256: str | None = None,
+    size: int | None = None,
+    progress: ProgressCallback | None = None,
+    timeout: float = 60.0,
+    chunk_size: int = 1 << 20,
+) -> pathlib.Path:
+    """Download ``url`` to ``dest`` (resumable, verified, atomic) and return ``dest``.
+
+    If ``dest`` already exists it is verified against ``sha256`` (when given)
+    and returned without touching the network. Otherwise data goes to
+    ``dest.part``, which is resumed with an HTTP Range request if present, and
+    is renamed to ``dest`` only after the size and hash checks pass.
+
+    Raises:
+        ValueError: the URL scheme is not http, https or file.
+        ChecksumError: the existing file or the downloaded data is wrong.
+        DownloadError: the transfer failed; the partial file is kept.
+    """
+    _check_scheme(url)
+    dest = pathlib.Path(dest).expanduser()
+    if dest.exists():
+        if sha256 is not None:
+            actual = sha256_of_file(dest)
+            if actual.lower() != sha256.strip().lower():
+                # Never delete a file we did not create in this call: it may be
+                # the user's own checkpoint.
+                raise ChecksumError(
+                    f"{dest} exists but its sha256 is {actual}, expected {sha256.strip().lower()}; "
+                    f"it was left untouched: remove it to download again, or pass the right file with --checkpoint"
+                )
+        return dest
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = _part_path(dest)
+    for attempt in range(2):
+        got_416 = _fetch_into_part(url, dest, part, progress, timeout, chunk_size)
+        problem = _verify_part(part, size, sha256)
+        if problem is None:
+            os.replace(part, dest)
+            return dest
+        part.unlink(missing_ok=True)
+        if got_416 and attempt == 0:
+            # A 416 on a wrong part means it is stale (e.g. a different file
+            # version); one clean restart is worth trying.
+            continue
+        raise ChecksumError(
+            f"Downloaded {url} but {problem}; the corrupt data was deleted: run again, or "
+            f"{_manual_fallback(url, dest)}"
+        )
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+# --------------------------------------------------------------------------- #
+# Named weights
+# --------------------------------------------------------------------------- #
+
+
+def _looks_like_url(text: str) -> bool:
+    return "://" in text
+
+
+def _filename_from_url(url: str) -> str:
+    name = pathlib.PurePosixPath(urllib.parse.unquote(urllib.parse.urlparse(url).path)).name
+    if not name:
+        raise ValueError(f"Cannot derive a file name from URL {url!r}: it must end with a file name")
+    return name
+
+
+def fetch_weights(
+    name_or_url: str,
+    cache_dir: PathLike | None = None,
+    sha256: str | None = None,
+    progress: ProgressCallback | None = None,
+) -> pathlib.Path:
+    """Return the local path of a checkpoint, downloading it into the cache once.
+
+    Args:
+        name_or_url: a key of :data:`KNOWN_WEIGHTS` or a raw http/https/file URL.
+        cache_dir: where to store it; defaults to :func:`default_cache_dir`.
+        sha256: expected digest; overrides the registry value when given.
+        progress: optional ``(downloaded, total)`` callback.
+    """
+    directory = pathlib.Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    source = KNOWN_WEIGHTS.get(name_or_url)
+    if source is not None:
+        return download_file(
+            source.url,
+            directory / source.filename,
+            sha256=sha256 or source.sha256,
+            size=source.size,
+            progress=progress,
+        )
+    if not _looks_like_url(name_or_url):
+        raise ValueError(
+            f"Unknown weights {name_or_url!r}: expected one of {', '.join(sorted(KNOWN_WEIGHTS))} "
+            f"or an http(s)/file URL"
+        )
+    _check_scheme(name_or_url)
+    return download_file(name_or_url, directory / _filename_from_url(name_or_url), sha256=sha256, progress=progress)
+
+
+# --------------------------------------------------------------------------- #
+# Progress display
+# --------------------------------------------------------------------------- #
+
+
+def terminal_progress(stream: TextIO | None = None, width: int = 30) -> ProgressCallback:
+    """Return a progress callback drawing an in-place bar on ``stream`` (default stderr).
+
+    Nothing is written when the stream is not a TTY, so logs and CI output are
+    not flooded with carriage returns. ``stream`` is resolved at call time so
+    that redirected ``sys.stderr`` (e.g. under pytest) is honoured.
+    """
+    out = stream if stream is not None else sys.stderr
+    isatty = getattr(out, "isatty", None)
+    enabled = bool(isatty and isatty())
+
+    def report(downloaded: int, total: int | None) -> None:
+        if not enabled:
+            return
+        megabytes = downloaded / 1e6
+        if total:
+            fraction = min(downloaded / total, 1.0)
+            filled = int(round(fraction * width))
+            line = f"\r[{'#' * filled}{'.' * (width - filled)}] {fraction * 100:5.1f}% {megabytes:.1f}/{total / 1e6:.1f} MB"
+        else:
+            line = f"\r{megabytes:.1f} MB"
+        out.write(line)
+        if total and downloaded >= total:
+            out.write("\n")
+        out.flush()
+
+    return report
