@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import hf_config_for, randomize_
+from medsam_monai.testing import hf_config_for, randomize_
 
 
 @pytest.fixture(scope="session")

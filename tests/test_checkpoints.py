@@ -65,7 +65,7 @@ def test_every_real_variant_maps_from_hugging_face_by_key_and_shape(variant):
     """facebook/sam-vit-{base,large,huge} and medsam-vit-base key sets map onto ours exactly."""
     from transformers import SamModel
 
-    from helpers import hf_config_for
+    from medsam_monai.testing import hf_config_for
 
     with torch.device("meta"):
         hf_state = SamModel(hf_config_for(variant)).state_dict()

@@ -93,7 +93,7 @@ def test_full_vit_b_at_1024_matches_reference():
     """The real MedSAM architecture once, at full size (random weights: real ones are not available here)."""
     from transformers import SamModel
 
-    from helpers import hf_config_for, randomize_
+    from medsam_monai.testing import hf_config_for, randomize_
     from medsam_monai.checkpoints import to_original_keys
 
     ref = randomize_(SamModel(hf_config_for("vit_b")), seed=7).eval()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import randomize_
+from medsam_monai.testing import randomize_
 from medsam_monai import autocast
 from medsam_monai.networks import build_sam_variant, pair_images_with_prompts
 from medsam_monai.networks.image_encoder import (

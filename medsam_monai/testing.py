@@ -1,13 +1,16 @@
-"""Shared test helpers: a Hugging Face ``SamModel`` mirroring one of our variants, random weights."""
+"""Checking this package against the reference implementation (tests and benchmarks).
+
+The reference is transformers' ``SamModel`` (an optional, test-only dependency).
+"""
 
 from __future__ import annotations
 
 import torch
 
-from medsam_monai.networks import SAM_VARIANTS
+from .networks import SAM_VARIANTS
 
 
-def hf_config_for(variant: str):
+def hf_config_for(variant: str):  # -> transformers.SamConfig
     """A transformers ``SamConfig`` with the architecture of our ``variant``."""
     from transformers import SamConfig
 
