@@ -1,0 +1,328 @@
+"""MedSAMPredictor: box/point/mask prompts on slices of a volume, and MedSAM's 3D propagation.
+
+The predictor works on a volume already in the display frame: an (S, H, W) array of slices as the
+network must see them (radiological orientation, intensities already windowed/normalised to
+[0, 255]); :mod:`medsam_monai.segment` gets a file's volume there and back. Boxes follow MedSAM:
+``(x0, y0, x1, y1)`` with x the column and y the row of a slice, in its pixels, both ends inclusive.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from os import PathLike
+
+import numpy as np
+import torch
+
+from .checkpoints import build_sam
+from .embedding_cache import EmbeddingCache
+from .networks import Sam
+from .precision import autocast, check_precision
+from .transforms import postprocess_logits, prepare_slices, scale_box_to_model
+
+# MedSAM's propagation enlarges the previous slice's mask box by 3 px at LiteMedSAM's 256 scale.
+PROPAGATION_MARGIN_1024 = 12
+
+ProgressCallback = Callable[[int, int], None]
+CancelCheck = Callable[[], bool] | threading.Event
+
+
+class Cancelled(RuntimeError):
+    """Raised when the caller cancelled a running prediction."""
+
+
+@dataclass
+class SlicePrediction:
+    """Masks of one prompt on one slice."""
+
+    masks: np.ndarray  # (M, H, W) bool
+    iou: np.ndarray  # (M,) predicted IoU
+    low_res_logits: torch.Tensor  # (M, 256, 256), reusable as a mask prompt
+
+
+@dataclass(frozen=True)
+class ObjectPrompt:
+    """One object to segment in 3D: a box over slices ``z0..z1`` and the label value it gets.
+
+    ``box`` is ``(x0, y0, z0, x1, y1, z1)`` in the display frame (x column, y row, z slice),
+    inclusive. The 2D part is the box on the key slice ``int((z1 - z0) / 2 + z0)``.
+    """
+
+    box: tuple[float, float, int, float, float, int]
+    label: int = 1
+
+
+def volume_fingerprint(volume: np.ndarray) -> str:
+    """A key for a volume's content (shape, dtype and voxels) to cache its slice embeddings by."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(f"{volume.shape}{volume.dtype}".encode())
+    digest.update(np.ascontiguousarray(volume).data)
+    return digest.hexdigest()
+
+
+class MedSAMPredictor:
+    """Holds a model, its device and precision, and a byte-bounded cache of slice embeddings."""
+
+    def __init__(
+        self,
+        model: Sam,
+        device: str | torch.device | None = None,
+        precision: str = "fp32",
+        cache_bytes: int = 1 << 30,
+        encode_batch_size: int | None = None,
+    ) -> None:
+        """
+        Args:
+            model: a SAM/MedSAM network.
+            device: where it runs; default: the model's device.
+            precision: ``fp32`` (exact) or ``bf16`` (autocast).
+            cache_bytes: budget of the embedding cache (4 MB per ViT-B slice at fp32).
+            encode_batch_size: slices per encoder call; default 1 on CPU (no gain there, more
+                memory) and 4 on GPUs.
+        """
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.model = model.to(self.device).eval()
+        self.precision = check_precision(precision)
+        self.cache = EmbeddingCache(cache_bytes)
+        self.encode_batch_size = encode_batch_size or (1 if self.device.type == "cpu" else 4)
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        checkpoint: str | PathLike[str] | None,
+        variant: str = "vit_b",
+        device: str | torch.device = "cpu",
+        precision: str = "fp32",
+        sha256: str | None = None,
+        **kwargs,
+    ) -> MedSAMPredictor:
+        """Build the model of ``variant`` from ``checkpoint`` (any supported format)."""
+        return cls(build_sam(variant, checkpoint, sha256=sha256, device=device), device, precision, **kwargs)
+
+    @property
+    def image_size(self) -> int:
+        return self.model.image_size
+
+    # ----- image embeddings -----------------------------------------------------------------
+
+    def encode(self, slices: np.ndarray) -> torch.Tensor:
+        """Embeddings of (N, H, W) display slices (intensities in [0, 255]): -> (N, C, 64, 64)."""
+        images = prepare_slices(slices, self.image_size).to(self.device)
+        with torch.inference_mode(), autocast(self.device, self.precision):
+            return self.model.encode_image(images)
+
+    def slice_embeddings(
+        self,
+        volume: np.ndarray,
+        indices: Sequence[int],
+        volume_key: Hashable | None = None,
+        progress: ProgressCallback | None = None,
+        cancel: CancelCheck | None = None,
+    ) -> list[torch.Tensor]:
+        """Embeddings of ``volume[indices]``, from the cache or encoded in batches.
+
+        Returns:
+            One (C, 64, 64) tensor per index, in order.
+        """
+        key = volume_fingerprint(volume) if volume_key is None else volume_key
+        found: dict[int, torch.Tensor] = {}
+        missing = []
+        for index in dict.fromkeys(indices):
+            cached = self.cache.get((key, index))
+            if cached is None:
+                missing.append(index)
+            else:
+                found[index] = cached
+        for start in range(0, len(missing), self.encode_batch_size):
+            _check_cancel(cancel)
+            batch = missing[start : start + self.encode_batch_size]
+            for index, embedding in zip(batch, self.encode(volume[batch])):
+                embedding = embedding.clone()  # do not keep the whole batch alive through a view
+                self.cache.put((key, index), embedding)
+                found[index] = embedding
+            if progress is not None:
+                progress(min(start + len(batch), len(missing)), len(missing))
+        return [found[index] for index in indices]
+
+    # ----- 2D prompts -----------------------------------------------------------------------
+
+    def predict_from_embedding(
+        self,
+        embedding: torch.Tensor,
+        slice_shape: tuple[int, int],
+        box: Sequence[float] | None = None,
+        points: np.ndarray | Sequence[Sequence[float]] | None = None,
+        point_labels: Sequence[int] | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = False,
+        box_in_model_frame: bool = False,
+    ) -> SlicePrediction:
+        """Masks for one prompt on a slice whose embedding is known.
+
+        Args:
+            embedding: (C, 64, 64) embedding of the slice.
+            slice_shape: (H, W) of the slice.
+            box: ``(x0, y0, x1, y1)`` in slice pixels (or in the 1024 frame if ``box_in_model_frame``).
+            points: (N, 2) ``(x, y)`` in slice pixels.
+            point_labels: (N,) 1 positive, 0 negative.
+            mask_input: (1, 256, 256) low-res logits of an earlier prediction.
+            multimask_output: three candidates with their IoU scores instead of one mask.
+        """
+        if box is None and points is None and mask_input is None:
+            raise ValueError("give a box, points or a mask prompt")
+        boxes_t = None
+        if box is not None:
+            model_box = np.asarray(box, dtype=np.float64) if box_in_model_frame else scale_box_to_model(
+                box, slice_shape, self.image_size
+            )
+            boxes_t = torch.as_tensor(model_box, dtype=torch.float32, device=self.device).reshape(1, 4)
+        points_t = None
+        if points is not None:
+            coords = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+            labels = np.ones(len(coords)) if point_labels is None else np.asarray(point_labels).reshape(-1)
+            if len(labels) != len(coords):
+                raise ValueError(f"{len(coords)} points but {len(labels)} point labels")
+            scale = np.array([self.image_size / slice_shape[1], self.image_size / slice_shape[0]])
+            points_t = (
+                torch.as_tensor(coords * scale, dtype=torch.float32, device=self.device)[None],
+                torch.as_tensor(labels, dtype=torch.int64, device=self.device)[None],
+            )
+        masks_t = None if mask_input is None else mask_input.reshape(1, 1, *mask_input.shape[-2:]).to(self.device)
+        with torch.inference_mode(), autocast(self.device, self.precision):
+            logits, iou = self.model.decode(
+                embedding[None].to(self.device),
+                boxes=boxes_t,
+                points=points_t,
+                mask_inputs=masks_t,
+                multimask_output=multimask_output,
+            )
+        logits = logits.float()
+        masks = postprocess_logits(logits, slice_shape)[0].cpu().numpy()
+        return SlicePrediction(masks=masks, iou=iou[0].float().cpu().numpy(), low_res_logits=logits[0])
+
+    def predict_slice(
+        self,
+        volume: np.ndarray,
+        index: int,
+        box: Sequence[float] | None = None,
+        points: np.ndarray | Sequence[Sequence[float]] | None = None,
+        point_labels: Sequence[int] | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = False,
+        volume_key: Hashable | None = None,
+    ) -> SlicePrediction:
+        """Masks for one prompt on slice ``index`` of an (S, H, W) display volume (embedding cached)."""
+        _check_slice_index(index, volume.shape[0])
+        (embedding,) = self.slice_embeddings(volume, [index], volume_key)
+        return self.predict_from_embedding(
+            embedding, volume.shape[1:], box, points, point_labels, mask_input, multimask_output
+        )
+
+    # ----- 3D propagation -------------------------------------------------------------------
+
+    def segment_3d(
+        self,
+        volume: np.ndarray,
+        objects: Sequence[ObjectPrompt],
+        volume_key: Hashable | None = None,
+        progress: ProgressCallback | None = None,
+        cancel: CancelCheck | None = None,
+        stop_when_empty: bool = False,
+        margin: float = PROPAGATION_MARGIN_1024,
+    ) -> np.ndarray:
+        """MedSAM's 3D inference (LiteMedSAM): one box per object, propagated slice by slice.
+
+        For each object: the key slice ``int((z1 - z0) / 2 + z0)`` gets the user's box; going up to
+        ``z1`` and down to ``z0``, each slice gets the tight box of the previous slice's mask,
+        enlarged by ``margin`` pixels of the 1024 frame on every side and clipped to the image, or
+        the user's box again when the previous mask is empty. No early stop unless
+        ``stop_when_empty``. Objects are written in order; a later object wins where they overlap.
+
+        Args:
+            volume: (S, H, W) display volume.
+            objects: boxes ``(x0, y0, z0, x1, y1, z1)`` (inclusive) and their label values.
+            progress: called with (slices done, slices in all objects) after each slice.
+            cancel: an Event or a callable; when set, :class:`Cancelled` is raised between slices.
+
+        Returns:
+            (S, H, W) label volume: 0 background, each object's label on its voxels.
+        """
+        key = volume_fingerprint(volume) if volume_key is None else volume_key
+        dtype = np.uint8 if max((o.label for o in objects), default=0) < 256 else np.uint16
+        labels = np.zeros(volume.shape, dtype=dtype)
+        plans = [_validated_plan(o, volume.shape) for o in objects]
+        total = sum(len(order) for _, order in plans)
+        done = 0
+        for obj, (user_box, order) in zip(objects, plans):
+            masks: dict[int, np.ndarray] = {}
+            encoded: dict[int, torch.Tensor] = {}
+            for step, (z, previous) in enumerate(order):
+                _check_cancel(cancel)
+                if stop_when_empty and previous is not None and not masks[previous].any():
+                    masks[z] = np.zeros(volume.shape[1:], dtype=bool)
+                else:
+                    if z not in encoded:  # encode this slice and the next ones in one batch
+                        batch = [zz for zz, _ in order[step : step + self.encode_batch_size]]
+                        encoded = dict(zip(batch, self.slice_embeddings(volume, batch, key, cancel=cancel)))
+                    embedding = encoded[z]
+                    box = self._propagated_box(masks.get(previous), user_box, volume.shape[1:], margin)
+                    masks[z] = self.predict_from_embedding(
+                        embedding, volume.shape[1:], box=box, box_in_model_frame=True
+                    ).masks[0]
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+            for z, mask in masks.items():
+                labels[z][mask] = obj.label
+        return labels
+
+    def _propagated_box(
+        self, previous_mask: np.ndarray | None, user_box: np.ndarray, shape: tuple[int, int], margin: float
+    ) -> np.ndarray:
+        """The box in the 1024 frame for the next slice (see :meth:`segment_3d`)."""
+        if previous_mask is None or not previous_mask.any():
+            return scale_box_to_model(user_box, shape, self.image_size)
+        rows = np.flatnonzero(previous_mask.any(axis=1))
+        cols = np.flatnonzero(previous_mask.any(axis=0))
+        tight = np.array([cols[0], rows[0], cols[-1], rows[-1]], dtype=np.float64)
+        box = scale_box_to_model(tight, shape, self.image_size) + np.array([-margin, -margin, margin, margin])
+        return np.clip(box, 0, self.image_size - 1)
+
+
+def _validated_plan(obj: ObjectPrompt, shape: tuple[int, int, int]) -> tuple[np.ndarray, list[tuple[int, int | None]]]:
+    """The user's 2D box and the slice order ``[(z, slice whose mask gives z's box), ...]``."""
+    if len(obj.box) != 6:
+        raise ValueError(f"a 3D box has 6 numbers (x0, y0, z0, x1, y1, z1), got {len(obj.box)}")
+    x0, y0, z0, x1, y1, z1 = obj.box
+    if not all(np.isfinite(obj.box)):
+        raise ValueError(f"box {tuple(obj.box)} has a non-finite coordinate")
+    if x0 > x1 or y0 > y1 or z0 > z1:
+        raise ValueError(f"box {tuple(obj.box)} is reversed: give the lower corner first")
+    if z0 != int(z0) or z1 != int(z1):
+        raise ValueError(f"box slice range {z0}..{z1} must be whole slice indices")
+    s, h, w = shape
+    if x0 < 0 or y0 < 0 or z0 < 0 or x1 > w - 1 or y1 > h - 1 or z1 > s - 1:
+        raise ValueError(f"box {tuple(obj.box)} is outside the volume (slices 0..{s - 1}, rows 0..{h - 1}, columns 0..{w - 1})")
+    if obj.label <= 0:
+        raise ValueError(f"label values start at 1, got {obj.label}")
+    z0, z1 = int(z0), int(z1)
+    z_mid = int((z1 - z0) / 2 + z0)
+    order: list[tuple[int, int | None]] = [(z_mid, None)]
+    order += [(z, z - 1) for z in range(z_mid + 1, z1 + 1)]
+    order += [(z, z + 1) for z in range(z_mid - 1, z0 - 1, -1)]
+    return np.array([x0, y0, x1, y1], dtype=np.float64), order
+
+
+def _check_slice_index(index: int, count: int) -> None:
+    if not 0 <= index < count:
+        raise ValueError(f"slice {index} is outside the volume (0..{count - 1})")
+
+
+def _check_cancel(cancel: CancelCheck | None) -> None:
+    if cancel is None:
+        return
+    if cancel.is_set() if isinstance(cancel, threading.Event) else cancel():
+        raise Cancelled("cancelled")
