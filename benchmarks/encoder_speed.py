@@ -101,8 +101,7 @@ def child_peak_memory(args: argparse.Namespace) -> None:
         fn = model.get_image_embeddings
     image = torch.rand(1, 3, 1024, 1024).to(args.device)
     seconds, _ = timed(fn, image, args.device, args.child_precision)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"peak_rss_mb": round(peak), "seconds_cold": round(seconds, 2)}))
+    print(json.dumps({"peak_rss_mb": round(_peak_rss_mb()), "seconds_cold": round(seconds, 2)}))
 
 
 def peak_memory(args: argparse.Namespace) -> dict:

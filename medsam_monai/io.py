@@ -31,7 +31,6 @@ PathType = str | PathLike[str]
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 _NIBABEL_SUFFIXES = (".nii", ".nii.gz", ".mgz", ".mgh")
-_SITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
 
 # Default segment colours (RGB in 0..1), the first entries of 3D Slicer's generic anatomy colours.
 _PALETTE: tuple[tuple[float, float, float], ...] = (
@@ -202,10 +201,11 @@ def _sorted_series(files: list[str], folder: Path) -> list[str]:
         raise ImageReadError(f"{folder}: unreadable DICOM file in series: {_one_line(error)}") from None
     ordered = sorted(zip(positions, files))
     if len({round(p, 4) for p, _ in ordered}) < len(ordered):
-        warnings.warn(f"{folder}: several DICOM slices share a position; the volume may be wrong", stacklevel=3)
+        warnings.warn(f"{folder}: several DICOM slices share a position; the volume may be wrong", stacklevel=4)
     return [name for _, name in ordered]
 
 
+# Warnings name the caller of read_volume: read_volume -> _read_dicom_folder -> helper -> warn.
 def _choose_series(folder: Path, series_uid: str | None) -> tuple[str, list[str]]:
     """The requested series, or the one with most files (with a warning if there are several)."""
     ids = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
@@ -223,7 +223,7 @@ def _choose_series(folder: Path, series_uid: str | None) -> tuple[str, list[str]
         warnings.warn(
             f"{folder} holds {len(ids)} DICOM series; reading {chosen} ({len(files[chosen])} files), "
             "the one with most files; pass series_uid to choose another",
-            stacklevel=3,
+            stacklevel=4,
         )
     return chosen, files[chosen]
 

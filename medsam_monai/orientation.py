@@ -249,6 +249,11 @@ def ras_box_to_ijk(
 
 def _search_block(a: np.ndarray, lo: np.ndarray, hi: np.ndarray, start: np.ndarray, stop: np.ndarray) -> Box | None:
     """Exact bounding box of the inside centres of the voxel block ``start..stop`` (oblique affines)."""
+    # The RAS box is convex: if the block's 8 corner centres are inside, every centre is.
+    block_corners = np.array(list(itertools.product(*zip(start, stop))), dtype=float)
+    corner_ras = block_corners @ a[:3, :3].T + a[:3, 3]
+    if np.all((corner_ras >= lo) & (corner_ras <= hi)):
+        return (*map(int, start), *map(int, stop))  # type: ignore[return-value]
     ranges = [np.arange(s, e + 1) for s, e in zip(start, stop)]
     occupied = [np.zeros(len(r), dtype=bool) for r in ranges]
     # RAS of j and k offsets once; i planes are added in chunks to bound memory (~4M points).

@@ -95,7 +95,8 @@ def attention_with_rel_pos(
     out = torch.empty_like(q)
     for head0 in range(0, n, heads_per_chunk):
         heads = slice(head0, head0 + heads_per_chunk)
-        k_t = k[heads].transpose(-2, -1)
+        # Contiguous once per chunk: bf16 matmuls would otherwise copy the transposed keys per row chunk.
+        k_t = k[heads].transpose(-2, -1).contiguous()
         for row0 in range(0, h, rows_per_chunk):
             rows = slice(row0, row0 + rows_per_chunk)
             queries = slice(row0 * w, (row0 + rows_per_chunk) * w)
@@ -207,7 +208,8 @@ def window_unpartition(
     b = windows.shape[0] // (hp * wp // window_size // window_size)
     x = windows.view(b, hp // window_size, wp // window_size, window_size, window_size, -1)
     x = x.permute(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, -1)
-    return x[:, :h, :w, :]
+    # Contiguous: a linear layer on the cropped view would broadcast its weight per row (slow in bf16).
+    return x[:, :h, :w, :].contiguous()
 
 
 class Block(nn.Module):
