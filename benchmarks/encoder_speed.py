@@ -104,6 +104,16 @@ def child_peak_memory(args: argparse.Namespace) -> None:
     print(json.dumps({"peak_rss_mb": round(_peak_rss_mb()), "seconds_cold": round(seconds, 2)}))
 
 
+def _peak_rss_mb() -> float:
+    # VmHWM is this process's own high-water mark; ru_maxrss would carry the parent's peak over
+    # the fork (Linux keeps it across exec).
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def peak_memory(args: argparse.Namespace) -> dict:
     out = {}
     for precision in args.precisions:
