@@ -3,12 +3,14 @@
 from .checkpoints import CheckpointError, build_sam, detect_variant, load_state_dict
 from .networks import SAM_VARIANTS, Sam
 from .precision import autocast
+from .predictor import MedSAMPredictor
 
 __version__ = "0.1.0"
 
 __all__ = [
     "SAM_VARIANTS",
     "CheckpointError",
+    "MedSAMPredictor",
     "Sam",
     "__version__",
     "autocast",

@@ -277,6 +277,18 @@ def _output_suffix(path: Path) -> str:
     raise ValueError(f"{path}: unsupported output type; use one of {', '.join(_OUTPUT_SUFFIXES)}")
 
 
+def check_output_path(path: PathType, protect: Iterable[PathType] = ()) -> Path:
+    """Validate an output path before any work is done: supported type, not a protected input."""
+    out = Path(path)
+    _output_suffix(out)
+    for other in protect:
+        if _same_file(out, Path(other)):
+            raise ValueError(f"{out}: refusing to overwrite a protected input file")
+    if out.is_dir():
+        raise ValueError(f"{out} is a folder; give a file name such as mask.nii.gz")
+    return out
+
+
 def _label_array(labels: np.ndarray) -> np.ndarray:
     """``labels`` as uint8/uint16 [i, j, k]; other integer types are narrowed if their values fit."""
     array = np.asarray(labels)

@@ -1,0 +1,169 @@
+"""The main job end to end: `medsam segment` / `medsam demo`, orientation invariance, bad inputs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from medsam_monai.cli import main
+from medsam_monai.io import Volume, read_volume
+from medsam_monai.networks import build_sam_variant
+from medsam_monai.phantom import ct_phantom
+from medsam_monai.predictor import MedSAMPredictor
+from medsam_monai.segment import VoxelBox, ras_box_to_voxel_box, segment_volume
+
+NIBABEL_DATA = Path(nib.__file__).parent / "tests" / "data"
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    torch.save(build_sam_variant("tiny").state_dict(), path)
+    return path
+
+
+def relayout(volume: Volume, permutation, flips) -> Volume:
+    """The same physical image stored with another voxel order: permute axes, then flip some."""
+    array = volume.array.transpose(permutation)
+    affine = volume.affine[:, list(permutation) + [3]].copy()
+    for axis, flip in enumerate(flips):
+        if flip:
+            array = np.flip(array, axis)
+            n = array.shape[axis]
+            affine[:3, 3] += affine[:3, axis] * (n - 1)
+            affine[:3, axis] *= -1
+    return Volume(np.ascontiguousarray(array), affine)
+
+
+def to_ras_grid(labels: np.ndarray, volume: Volume) -> np.ndarray:
+    """Resample nothing: put labels back in RAS voxel order using the affine's axis codes."""
+    codes = np.argmax(np.abs(volume.affine[:3, :3]), axis=0)
+    order = np.argsort(codes)
+    out = labels.transpose(order)
+    for axis in range(3):
+        if volume.affine[axis, order[axis]] < 0:
+            out = np.flip(out, axis)
+    return out
+
+
+class ThresholdInBoxPredictor(MedSAMPredictor):
+    """A STUB for the orientation logic only: each object's "mask" is the bright voxels inside its
+    display-frame box (so a wrong slice, row or column order shows up as a different mask)."""
+
+    def segment_3d(self, volume, objects, **kwargs):
+        labels = np.zeros(volume.shape, dtype=np.uint8)
+        for obj in objects:
+            x0, y0, z0, x1, y1, z1 = (int(v) for v in obj.box)
+            region = volume[z0 : z1 + 1, y0 : y1 + 1, x0 : x1 + 1]
+            labels[z0 : z1 + 1, y0 : y1 + 1, x0 : x1 + 1][region > 134] = obj.label
+            # Mark the key slice's first row and column so that in-plane flips are caught too.
+            labels[int((z1 - z0) / 2 + z0), y0, x0] = obj.label + 1
+        return labels
+
+
+@pytest.mark.parametrize("axis", ["axial", "coronal", "sagittal"])
+def test_same_physical_volume_in_three_layouts_gives_the_same_physical_mask(axis):
+    phantom = ct_phantom(shape=(48, 40, 24), spacing=(3.0, 3.0, 5.0))
+    predictor = ThresholdInBoxPredictor(build_sam_variant("tiny"))
+    ras_box = phantom.volume.affine[:3, :3] @ np.array(phantom.organ_box[:3]) + phantom.volume.affine[:3, 3]
+    ras_box2 = phantom.volume.affine[:3, :3] @ np.array(phantom.organ_box[3:]) + phantom.volume.affine[:3, 3]
+    ras = (*ras_box, *ras_box2)
+    results = []
+    for permutation, flips in [((0, 1, 2), (False, False, False)), ((0, 1, 2), (True, True, False)),
+                               ((2, 0, 1), (False, True, True))]:
+        volume = relayout(phantom.volume, permutation, flips)
+        box = ras_box_to_voxel_box(ras, volume)
+        labels = segment_volume(predictor, volume, [VoxelBox(box)], axis=axis)
+        assert labels.shape == volume.shape
+        results.append(to_ras_grid(labels, volume))
+    truth = phantom.labels.astype(bool)
+    dice = 2 * ((results[0] == 1) & truth).sum() / ((results[0] == 1).sum() + truth.sum())
+    assert dice > 0.6  # the stub finds the noisy organ: the box and the display frame are right
+    for other in results[1:]:
+        np.testing.assert_array_equal(other, results[0])
+
+
+def test_segment_real_nifti_end_to_end(tmp_path, tiny_checkpoint):
+    image = NIBABEL_DATA / "anatomical.nii"
+    out = tmp_path / "mask.nii.gz"
+    preview = tmp_path / "preview.png"
+    code = main(["segment", str(image), "--box", "5,10,5,30,38,8", "--out", str(out), "--variant", "tiny",
+                 "--checkpoint", str(tiny_checkpoint), "--modality", "mr", "--label", "structure",
+                 "--preview", str(preview)])
+    assert code == 0
+    written = nib.load(out)
+    source = nib.load(image)
+    assert written.shape == source.shape
+    np.testing.assert_allclose(written.affine, source.affine, atol=1e-5)
+    labels = np.asarray(written.dataobj)
+    slices_with_mask = np.flatnonzero(labels.any(axis=(0, 1)))
+    assert set(slices_with_mask) <= set(range(5, 9))  # never outside the box's slice range (axial = k here)
+    assert preview.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_box_ras_gives_the_same_result_as_the_voxel_box(tmp_path, tiny_checkpoint):
+    image = NIBABEL_DATA / "anatomical.nii"
+    volume = read_volume(image)
+    lo = volume.affine[:3, :3] @ [5, 10, 5] + volume.affine[:3, 3]
+    hi = volume.affine[:3, :3] @ [30, 38, 8] + volume.affine[:3, 3]
+    common = ["--variant", "tiny", "--checkpoint", str(tiny_checkpoint), "--modality", "mr"]
+    assert main(["segment", str(image), "--box", "5,10,5,30,38,8", "--out", str(tmp_path / "a.nii.gz"), *common]) == 0
+    ras = ",".join(str(v) for v in (*lo, *hi))
+    assert main(["segment", str(image), f"--box-ras={ras}", "--out", str(tmp_path / "b.nii.gz"), *common]) == 0
+    a = np.asarray(nib.load(tmp_path / "a.nii.gz").dataobj)
+    b = np.asarray(nib.load(tmp_path / "b.nii.gz").dataobj)
+    np.testing.assert_array_equal(a, b)
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "medsam_monai.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, "MEDSAM_CACHE_DIR": "/nonexistent-cache"})
+
+
+@pytest.mark.parametrize(
+    "make_args, message",
+    [
+        (lambda d, ck: ["segment", str(d / "missing.nii.gz"), "--box", "0,0,0,1,1,1", "--out", str(d / "o.nii.gz")], "no such file"),
+        (lambda d, ck: ["segment", str(NIBABEL_DATA / "anatomical.nii"), "--box", "0,0,0,999,1,1", "--out", str(d / "o.nii.gz")], "outside the image"),
+        (lambda d, ck: ["segment", str(NIBABEL_DATA / "anatomical.nii"), "--box", "5,5,5,1,1,1", "--out", str(d / "o.nii.gz")], "reversed"),
+        (lambda d, ck: ["segment", str(NIBABEL_DATA / "anatomical.nii"), "--box", "1,2,3", "--out", str(d / "o.nii.gz")], "6 comma-separated"),
+        (lambda d, ck: ["segment", str(NIBABEL_DATA / "anatomical.nii"), "--box", "a,b,c,d,e,f", "--out", str(d / "o.nii.gz")], "6 comma-separated"),
+        (lambda d, ck: ["segment", str(NIBABEL_DATA / "example4d.nii.gz"), "--box", "0,0,0,1,1,1", "--out", str(d / "o.nii.gz")], "3D"),
+        (lambda d, ck: ["segment", str(NIBABEL_DATA / "anatomical.nii"), "--box", "0,0,0,1,1,1", "--window", "nope", "--out", str(d / "o.nii.gz")], "unknown window preset"),
+        (lambda d, ck: ["segment", str(NIBABEL_DATA / "anatomical.nii"), "--box", "0,0,0,1,1,1", "--out", str(d / "o.nii.gz"), "--variant", "vit_b", "--checkpoint", str(ck)], "--variant tiny"),
+        (lambda d, ck: ["segment", str(NIBABEL_DATA / "anatomical.nii"), "--box", "0,0,0,1,1,1", "--out", str(d / "o.xyz")], "unsupported output"),
+        (lambda d, ck: ["segment", str(NIBABEL_DATA / "anatomical.nii"), "--out", str(d / "o.nii.gz")], "at least one --box"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, tiny_checkpoint, make_args, message):
+    result = run_cli(*make_args(tmp_path, tiny_checkpoint))
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr and result.stderr.strip().count("\n") == 0
+    assert not list(tmp_path.glob("o.*"))
+
+
+def test_nan_voxels_are_refused(tmp_path, tiny_checkpoint):
+    data = np.zeros((8, 8, 4), dtype=np.float32)
+    data[2, 2, 2] = np.nan
+    nib.save(nib.Nifti1Image(data, np.eye(4)), tmp_path / "nan.nii.gz")
+    result = run_cli("segment", str(tmp_path / "nan.nii.gz"), "--box", "0,0,0,3,3,3", "--out", str(tmp_path / "o.nii.gz"),
+                     "--variant", "tiny", "--checkpoint", str(tiny_checkpoint))
+    assert result.returncode == 2 and "NaN" in result.stderr
+    assert not (tmp_path / "o.nii.gz").exists()
+
+
+def test_demo_runs_offline(tmp_path):
+    assert main(["demo", "--out-dir", str(tmp_path)]) == 0
+    mask = nib.load(tmp_path / "demo_mask.nii.gz")
+    image = nib.load(tmp_path / "demo_image.nii.gz")
+    assert mask.shape == image.shape
+    assert (tmp_path / "demo_preview.png").stat().st_size > 0
