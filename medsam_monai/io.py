@@ -25,6 +25,8 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
+from .orientation import check_affine
+
 PathType = str | PathLike[str]
 
 # ITK/DICOM patient coordinates are LPS; this flips them to RAS (and back: it is its own inverse).
@@ -87,20 +89,11 @@ def affine_from_sitk(image: sitk.Image) -> np.ndarray:
     return LPS_TO_RAS @ lps
 
 
-def _check_affine(affine: np.ndarray) -> np.ndarray:
-    a = np.asarray(affine, dtype=float)
-    if a.shape != (4, 4) or not np.all(np.isfinite(a)):
-        raise ValueError(f"affine must be a finite 4x4 matrix, got shape {a.shape}")
-    if abs(np.linalg.det(a[:3, :3])) < 1e-12:
-        raise ValueError("affine is singular")
-    return a
-
-
 def sitk_from_array(array: np.ndarray, affine: np.ndarray) -> sitk.Image:
     """A SimpleITK image of ``array[i, j, k]`` with the LPS geometry of the RAS ``affine``."""
     if array.ndim != 3:
         raise ValueError(f"expected a 3D array, got shape {array.shape}")
-    lps = LPS_TO_RAS @ _check_affine(affine)
+    lps = LPS_TO_RAS @ check_affine(affine)
     spacing = np.linalg.norm(lps[:3, :3], axis=0)
     image = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0)), isVector=False)
     image.SetSpacing([float(s) for s in spacing])
@@ -428,7 +421,7 @@ def write_label_volume(
             raise ValueError(f"{out}: refusing to overwrite a protected input file")
     suffix = _output_suffix(out)
     array = _label_array(labels)
-    a = _check_affine(affine)
+    a = check_affine(affine)
     if suffix in (".nii", ".nii.gz"):
         _atomic_write(out, suffix, lambda tmp: _write_nifti(tmp, array, a))
         return out

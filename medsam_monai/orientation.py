@@ -80,7 +80,7 @@ def parse_axis(name: str) -> str:
     return _ALIASES[key]
 
 
-def _check_affine(affine: np.ndarray) -> np.ndarray:
+def check_affine(affine: np.ndarray) -> np.ndarray:
     """``affine`` as a float (4, 4) array, refusing non-finite or singular matrices."""
     a = np.asarray(affine, dtype=float)
     if a.shape != (4, 4) or not np.all(np.isfinite(a)):
@@ -97,7 +97,7 @@ def voxel_axis_codes(affine: np.ndarray) -> list[tuple[int, int]]:
     mild shear do not matter; then the largest cosines are assigned greedily, which gives every
     voxel axis a different world axis even for strongly oblique matrices.
     """
-    a = _check_affine(affine)
+    a = check_affine(affine)
     u, _, vt = np.linalg.svd(a[:3, :3])
     cosines = u @ vt  # [world, voxel]
     codes: list[tuple[int, int]] = [(-1, 0)] * 3
@@ -184,7 +184,7 @@ def ijk_to_display_index(index: Sequence[int], shape_ijk: Sequence[int], layout:
 
 def display_affine(affine: np.ndarray, shape_ijk: Sequence[int], layout: DisplayLayout) -> np.ndarray:
     """The affine of the display array: display indices (slice, row, col) to RAS millimetres."""
-    return _check_affine(affine) @ display_to_ijk_matrix(shape_ijk, layout)
+    return check_affine(affine) @ display_to_ijk_matrix(shape_ijk, layout)
 
 
 def _sorted_box(a: Sequence[int], b: Sequence[int]) -> Box:
@@ -228,7 +228,7 @@ def ras_box_to_ijk(
     The corners may be given in any order; centres on a face (within ``tol`` mm) count as inside.
     The result is clipped to the volume; ``None`` when no voxel centre lies in the box.
     """
-    a = _check_affine(affine)
+    a = check_affine(affine)
     lo = np.minimum(np.asarray(ras_min, float), np.asarray(ras_max, float)) - tol
     hi = np.maximum(np.asarray(ras_min, float), np.asarray(ras_max, float)) + tol
     shape = np.asarray(shape_ijk, dtype=np.int64)
