@@ -85,8 +85,8 @@ def _load_predictor(args: argparse.Namespace):
 
 def _cmd_segment(args: argparse.Namespace) -> int:
     from .io import check_output_path, read_volume, write_label_volume
-    from .segment import VoxelBox, check_voxel_box, ras_box_to_voxel_box, segment_volume
-    from .transforms import parse_window
+    from .segment import VoxelBox, check_voxel_box, normalized_volume, ras_box_to_voxel_box, segment_volume
+    from .transforms import check_finite, parse_window
 
     if not args.box and not args.box_ras:
         raise UserError("give at least one --box I0,J0,K0,I1,J1,K1 or --box-ras X0,Y0,Z0,X1,Y1,Z1")
@@ -96,8 +96,10 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         parse_window(args.window)
     out = check_output_path(args.out, protect=[args.image])
     volume = read_volume(args.image)
-    if not np.isfinite(volume.array).all():
-        raise UserError(f"{args.image}: the image has NaN or infinite voxels")
+    try:
+        check_finite(volume.array)
+    except ValueError as err:
+        raise UserError(f"{args.image}: {err}") from None
     boxes = [check_voxel_box(_numbers(b, "--box"), volume.shape) for b in args.box or []]
     boxes += [ras_box_to_voxel_box(_numbers(b, "--box-ras"), volume) for b in args.box_ras or []]
     names = list(args.label or [])
@@ -106,55 +108,51 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     names += [f"Segment_{n}" for n in range(len(names) + 1, len(boxes) + 1)]
     objects = [VoxelBox(box, label=n) for n, box in enumerate(boxes, start=1)]
     predictor = _load_predictor(args)
-    labels = segment_volume(predictor, volume, objects, axis=args.axis, modality=args.modality,
-                            window=args.window, progress=_terminal_progress("segmenting"))
+    intensities = normalized_volume(volume, args.modality, args.window)
+    labels = segment_volume(predictor, volume, objects, axis=args.axis, intensities=intensities,
+                            progress=_terminal_progress("segmenting"))
     write_label_volume(out, labels, volume.affine, segment_names=dict(enumerate(names, start=1)), protect=[args.image])
     if args.preview:
-        _write_preview(args.preview, volume, labels, objects, args.axis, args.modality, args.window)
+        _write_preview(args.preview, volume, intensities, labels, objects, args.axis)
     counts = {name: int((labels == n).sum()) for n, name in enumerate(names, start=1)}
     print(f"wrote {out}: " + ", ".join(f"{name} {count} voxels" for name, count in counts.items()))
     return 0
 
 
-def _write_preview(path, volume, labels, objects, axis, modality, window) -> None:
+def _write_preview(path, volume, intensities, labels, objects, axis) -> None:
     from .orientation import display_layout, parse_axis, to_display
     from .preview import save_preview
-    from .segment import key_slices_ijk, normalized_volume
+    from .segment import key_slices_ijk
 
     layout = display_layout(volume.affine, parse_axis(axis))
-    image = to_display(normalized_volume(volume, modality, window), layout)
+    image = to_display(intensities, layout)
     shown = to_display(labels, layout)
     keys = list(dict.fromkeys(key_slices_ijk(objects, volume, axis)))
     save_preview(path, [image[z] for z in keys], [shown[z] for z in keys])
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .io import write_label_volume
+    from .io import write_label_volume, write_volume
     from .phantom import ct_phantom
-    from .segment import VoxelBox, segment_volume
+    from .segment import VoxelBox, normalized_volume, segment_volume
 
     out_dir = Path(args.out_dir)
     phantom = ct_phantom()
     args.variant = "tiny"
     predictor = _load_predictor(args)
     objects = [VoxelBox(phantom.organ_box, label=1)]
-    labels = segment_volume(predictor, phantom.volume, objects, axis="axial", progress=_terminal_progress("demo"))
-    _save_image(out_dir / "demo_image.nii.gz", phantom.volume)
+    intensities = normalized_volume(phantom.volume, "ct")
+    labels = segment_volume(predictor, phantom.volume, objects, axis="axial", intensities=intensities,
+                            progress=_terminal_progress("demo"))
+    write_volume(out_dir / "demo_image.nii.gz", phantom.volume.array, phantom.volume.affine)
     write_label_volume(out_dir / "demo_mask.nii.gz", labels, phantom.volume.affine)
-    _write_preview(out_dir / "demo_preview.png", phantom.volume, labels, objects, "axial", "ct", None)
+    _write_preview(out_dir / "demo_preview.png", phantom.volume, intensities, labels, objects, "axial")
     truth = phantom.labels > 0
     found = labels > 0
     dice = 2 * (truth & found).sum() / max(truth.sum() + found.sum(), 1)
     print(f"demo: phantom {phantom.volume.shape}, box {phantom.organ_box}; wrote {out_dir}/demo_mask.nii.gz, "
           f"demo_image.nii.gz, demo_preview.png; Dice against the phantom's organ: {dice:.3f}")
     return 0
-
-
-def _save_image(path: Path, volume) -> None:
-    import nibabel as nib
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(volume.array, volume.affine), str(path))
 
 
 def build_parser() -> argparse.ArgumentParser:

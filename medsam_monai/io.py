@@ -327,9 +327,9 @@ def _atomic_write(path: Path, suffix: str, write: Callable[[Path], None]) -> Non
         raise
 
 
-def _write_nifti(path: Path, labels: np.ndarray, affine: np.ndarray) -> None:
-    image = nib.Nifti1Image(labels, affine)
-    image.header.set_data_dtype(labels.dtype)
+def _write_nifti(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
+    image = nib.Nifti1Image(array, affine)
+    image.header.set_data_dtype(array.dtype)
     image.header.set_xyzt_units("mm")
     # Both forms, code 1 (scanner): readers differ in which one they prefer.
     image.set_qform(affine, code=1)
@@ -415,19 +415,45 @@ def write_label_volume(
     missing folders are created. Raises ValueError when ``path`` is one of ``protect`` (the input
     image, say) or has an unsupported suffix.
     """
+    array = _label_array(labels)
+    metadata = slicer_segment_metadata(array, segment_names, colors)
+    return _write_array(path, array, affine, protect, segmentation_metadata=metadata)
+
+
+def write_volume(path: PathType, array: np.ndarray, affine: np.ndarray, protect: Iterable[PathType] = ()) -> Path:
+    """Write an image ``array[i, j, k]`` (any numeric dtype) with its IJK -> RAS ``affine``, atomically.
+
+    Same types and guarantees as :func:`write_label_volume` except ``.seg.nrrd`` (labels only).
+    """
+    values = np.asarray(array)
+    if values.ndim != 3 or not (np.issubdtype(values.dtype, np.number) or values.dtype == bool):
+        raise ValueError(f"an image must be a 3D numeric array [i, j, k], got shape {values.shape}, dtype {values.dtype}")
+    if _output_suffix(Path(path)) == ".seg.nrrd":
+        raise ValueError(f"{path}: .seg.nrrd holds segmentations; write an image as .nii.gz, .nrrd or .mha")
+    if values.dtype == bool:
+        values = values.astype(np.uint8)
+    return _write_array(path, values, affine, protect)
+
+
+def _write_array(
+    path: PathType,
+    array: np.ndarray,
+    affine: np.ndarray,
+    protect: Iterable[PathType],
+    segmentation_metadata: Mapping[str, str] | None = None,
+) -> Path:
     out = Path(path)
     for other in protect:
         if _same_file(out, Path(other)):
             raise ValueError(f"{out}: refusing to overwrite a protected input file")
     suffix = _output_suffix(out)
-    array = _label_array(labels)
     a = check_affine(affine)
     if suffix in (".nii", ".nii.gz"):
         _atomic_write(out, suffix, lambda tmp: _write_nifti(tmp, array, a))
         return out
     image = sitk_from_array(array, a)
     if suffix == ".seg.nrrd":
-        for key, value in slicer_segment_metadata(array, segment_names, colors).items():
+        for key, value in (segmentation_metadata or {}).items():
             image.SetMetaData(key, value)
     _atomic_write(out, suffix, lambda tmp: _write_sitk(tmp, image))
     return out

@@ -65,19 +65,26 @@ def segment_volume(
     window: object = None,
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
+    intensities: np.ndarray | None = None,
 ) -> np.ndarray:
     """Segment every box in 3D along ``axis``.
 
     Each box's extent along the slicing axis is the slice range (one slice when it is zero);
-    its in-plane extent is the box on the key slice.
+    its in-plane extent is the box on the key slice. ``intensities`` is the output of
+    :func:`normalized_volume` for the same volume, modality and window when the caller already
+    has it (a preview needs it too); otherwise it is computed here.
 
     Returns:
         Labels ``[i, j, k]`` on the input's grid (uint8, or uint16 for labels above 255).
     """
     if not boxes:
         raise ValueError("give at least one box")
+    if intensities is None:
+        intensities = normalized_volume(volume, modality, window)
+    elif intensities.shape != volume.shape or intensities.dtype != np.uint8:
+        raise ValueError(f"intensities must be uint8 of the volume's shape {volume.shape}, got {intensities.dtype} {intensities.shape}")
     layout = display_layout(volume.affine, parse_axis(axis))
-    display = np.ascontiguousarray(to_display(normalized_volume(volume, modality, window), layout))
+    display = np.ascontiguousarray(to_display(intensities, layout))
     objects = []
     for item in boxes:
         ijk = check_voxel_box(item.box, volume.shape)

@@ -89,7 +89,7 @@ def _as_float64(img: ArrayLike) -> np.ndarray:
     return np.asarray(convert_to_numpy(img), dtype=np.float64)
 
 
-def _check_finite(arr: np.ndarray) -> None:
+def check_finite(arr: np.ndarray) -> None:
     """Raise a one-line ValueError when ``arr`` holds NaN or +-inf (min/max would be meaningless)."""
     if not np.all(np.isfinite(arr)):
         bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
@@ -188,7 +188,7 @@ def ct_window(img: ArrayLike, window: WindowSpec = "abdomen") -> np.ndarray:
     """
     level, width = parse_window(window)
     arr = _as_float64(img)
-    _check_finite(arr)
+    check_finite(arr)
     clipped = np.clip(arr, level - width / 2, level + width / 2)
     return _to_uint8(_minmax_to_255(clipped))
 
@@ -245,7 +245,7 @@ def mr_normalize(img: ArrayLike, lower_percentile: float = 0.5, upper_percentile
         uint8 numpy array, same shape as ``img``.
     """
     arr = _as_float64(img)
-    _check_finite(arr)
+    check_finite(arr)
     foreground = arr[arr > 0]
     if foreground.size == 0:
         return np.zeros(arr.shape, dtype=np.uint8)
@@ -365,7 +365,7 @@ def _as_2d_slice(slice_2d: ArrayLike) -> np.ndarray:
         arr = arr[0]
     if arr.ndim != 2:
         raise ValueError(f"expected a 2D slice (H, W) or (1, H, W), got shape {tuple(arr.shape)}")
-    _check_finite(arr)
+    check_finite(arr)
     return arr
 
 
@@ -435,7 +435,7 @@ def prepare_slices(
     stack = _as_float64(volume_slices)
     if stack.ndim != 3:
         raise ValueError(f"expected slices (N, H, W), got shape {tuple(stack.shape)}")
-    _check_finite(stack)
+    check_finite(stack)
     n = stack.shape[0]
     out = torch.empty((n, 3, size, size), dtype=torch.float32)
     if n == 0:
