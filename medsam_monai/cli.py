@@ -216,8 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--out-dir", default="medsam_demo", help="where to write (default ./medsam_demo)")
     demo.add_argument("--checkpoint", default=None, help="tiny weights (default: random, said plainly)")
-    demo.add_argument("--device", default="cpu")
-    demo.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    demo.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    demo.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="fp32 (exact) or bf16 (faster)")
     demo.set_defaults(func=_cmd_demo)
     return parser
 

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import copy
+import io
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 import torch
+from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
 
-from medsam_monai.cli import main
-from medsam_monai.io import Volume, read_volume
+from medsam_monai.cli import build_parser, main
+from medsam_monai.io import Volume, read_volume, write_volume
 from medsam_monai.networks import build_sam_variant
 from medsam_monai.phantom import ct_phantom
 from medsam_monai.predictor import MedSAMPredictor
@@ -141,6 +147,10 @@ def run_cli(*args):
         (lambda d, ck: ["segment", str(NIBABEL_DATA / "anatomical.nii"), "--box", "0,0,0,1,1,1", "--out", str(d / "o.nii.gz"), "--variant", "vit_b", "--checkpoint", str(ck)], "--variant tiny"),
         (lambda d, ck: ["segment", str(NIBABEL_DATA / "anatomical.nii"), "--box", "0,0,0,1,1,1", "--out", str(d / "o.xyz")], "unsupported output"),
         (lambda d, ck: ["segment", str(NIBABEL_DATA / "anatomical.nii"), "--out", str(d / "o.nii.gz")], "at least one --box"),
+        (lambda d, ck: ["segment", str(_garbage(d)), "--box", "0,0,0,1,1,1", "--out", str(d / "o.nii.gz")], "cannot read"),
+        (lambda d, ck: ["segment", str(_image_2d(d)), "--box", "0,0,0,1,1,0", "--out", str(d / "o.nii.gz")], "expected a 3D image"),
+        (lambda d, ck: ["segment", str(NIBABEL_DATA / "anatomical.nii"), "--box", "0,0,0,1,1,1", "--window", "40,-5", "--out", str(d / "o.nii.gz")], "width"),
+        (lambda d, ck: ["segment", str(NIBABEL_DATA / "anatomical.nii"), "--box-ras", "1e6,1e6,1e6,2e6,2e6,2e6", "--out", str(d / "o.nii.gz")], "no voxel centre"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, tiny_checkpoint, make_args, message):
@@ -149,6 +159,18 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, tiny_checkpoi
     assert message in result.stderr
     assert "Traceback" not in result.stderr and result.stderr.strip().count("\n") == 0
     assert not list(tmp_path.glob("o.*"))
+
+
+def _garbage(folder: Path) -> Path:
+    path = folder / "broken.nii.gz"
+    path.write_bytes(b"this is not an image\n")
+    return path
+
+
+def _image_2d(folder: Path) -> Path:
+    path = folder / "flat.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((8, 8), dtype=np.int16), np.eye(4)), path)
+    return path
 
 
 def test_nan_voxels_are_refused(tmp_path, tiny_checkpoint):
@@ -167,3 +189,102 @@ def test_demo_runs_offline(tmp_path):
     image = nib.load(tmp_path / "demo_image.nii.gz")
     assert mask.shape == image.shape
     assert (tmp_path / "demo_preview.png").stat().st_size > 0
+
+
+def _write_ct_series(folder: Path, count: int, step_mm: float) -> None:
+    """A real CT slice (pydicom's CT_small) stacked along a tilted normal, shuffled file names."""
+    template = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    c, s = np.cos(np.radians(15)), np.sin(np.radians(15))
+    orientation = [1.0, 0.0, 0.0, 0.0, round(c, 6), round(s, 6)]
+    normal = np.cross(orientation[:3], orientation[3:])
+    origin = np.array(template.ImagePositionPatient, float)
+    uid = generate_uid()
+    order = list(range(count))
+    random.Random(0).shuffle(order)
+    for n in order:
+        ds = copy.deepcopy(template)
+        ds.ImageOrientationPatient = [f"{x:.6f}" for x in orientation]
+        ds.ImagePositionPatient = [f"{x:.4f}" for x in origin + n * step_mm * normal]
+        ds.InstanceNumber = count - n  # deliberately disagrees with the position order
+        ds.SeriesInstanceUID = uid
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.PixelData = np.roll(ds.pixel_array, 3 * n, axis=1).tobytes()  # slices differ
+        ds.save_as(folder / f"{generate_uid()[-8:]}.dcm")
+
+
+def test_segment_dicom_series_folder_matches_the_same_voxels_as_nifti(tmp_path, tiny_checkpoint):
+    series = tmp_path / "series"
+    series.mkdir()
+    _write_ct_series(series, count=5, step_mm=2.5)
+    volume = read_volume(series)
+    write_volume(tmp_path / "same.nii.gz", volume.array, volume.affine)
+    common = ["--box", "20,30,1,90,100,3", "--variant", "tiny", "--checkpoint", str(tiny_checkpoint)]
+    assert main(["segment", str(series), "--out", str(tmp_path / "from_dicom.nii.gz"), *common]) == 0
+    assert main(["segment", str(tmp_path / "same.nii.gz"), "--out", str(tmp_path / "from_nifti.nii.gz"), *common]) == 0
+    from_dicom = nib.load(tmp_path / "from_dicom.nii.gz")
+    np.testing.assert_allclose(from_dicom.affine, volume.affine, atol=1e-4)  # the series' own geometry
+    labels = np.asarray(from_dicom.dataobj)
+    np.testing.assert_array_equal(labels, np.asarray(nib.load(tmp_path / "from_nifti.nii.gz").dataobj))
+    assert labels.shape == volume.shape
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_on_a_terminal_only(tmp_path, tiny_checkpoint, monkeypatch):
+    args = ["segment", str(NIBABEL_DATA / "anatomical.nii"), "--box", "5,10,5,30,38,8", "--modality", "mr",
+            "--variant", "tiny", "--checkpoint", str(tiny_checkpoint)]
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert main([*args, "--out", str(tmp_path / "a.nii.gz")]) == 0
+    bar = terminal.getvalue()
+    assert "4/4 slices" in bar and "1/4 slices" in bar and bar.endswith("\n")
+    piped = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", piped)
+    assert main([*args, "--out", str(tmp_path / "b.nii.gz")]) == 0
+    assert "slices" not in piped.getvalue()  # no carriage-return noise in logs
+
+
+def _subcommands() -> dict:
+    parser = build_parser()
+    return next(a for a in parser._subparsers._group_actions if a.dest == "command").choices
+
+
+def _subcommand(name: str):
+    return _subcommands()[name]
+
+
+@pytest.mark.parametrize("command", sorted(_subcommands()))
+def test_help_documents_every_option(command):
+    parser = _subcommand(command)
+    text = parser.format_help()
+    for action in parser._actions:
+        for flag in action.option_strings:
+            assert flag in text
+        assert action.help, f"{command} {action.option_strings or action.dest} has no help text"
+
+
+def test_segment_help_names_every_promised_option():
+    text = _subcommand("segment").format_help()
+    for promised in ["--box", "--box-ras", "--axis", "--modality", "--window", "--checkpoint", "--variant",
+                     "--device", "--precision", "--label", "--preview", "--out"]:
+        assert promised in text
+
+
+@pytest.mark.slow
+def test_segment_with_the_full_vit_b(tmp_path):
+    """The full ViT-B through the CLI once (random weights: geometry and plumbing, not mask quality)."""
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "vit_b.pth"
+    torch.save(build_sam_variant("vit_b").state_dict(), checkpoint)
+    out = tmp_path / "mask.seg.nrrd"
+    assert main(["segment", str(NIBABEL_DATA / "anatomical.nii"), "--box", "5,10,6,30,38,6", "--modality", "mr",
+                 "--checkpoint", str(checkpoint), "--out", str(out), "--label", "probe"]) == 0
+    labels = read_volume(out)
+    source = read_volume(NIBABEL_DATA / "anatomical.nii")
+    assert labels.shape == source.shape
+    np.testing.assert_allclose(labels.affine, source.affine, atol=1e-5)
+    assert set(np.flatnonzero(labels.array.any(axis=(0, 1)))) <= {6}  # a zero extent is one slice
