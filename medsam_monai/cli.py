@@ -14,8 +14,9 @@ from . import __version__
 EXIT_USAGE = 2
 
 
-class UserError(Exception):
-    """A problem with the user's input: printed as one line, exit status 2, no traceback."""
+class UserError(ValueError):
+    """A problem with the user's input: printed as one line, exit status 2, no traceback. A ValueError, so
+    it is recognised also when this module runs as ``__main__`` (``python -m medsam_monai.cli``)."""
 
 
 def _cmd_download(args: argparse.Namespace) -> int:
@@ -219,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     demo.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="fp32 (exact) or bf16 (faster)")
     demo.set_defaults(func=_cmd_demo)
+    from .server.command import add_serve_command  # `medsam serve`; FastAPI is imported only when it runs
+
+    add_serve_command(sub)
     return parser
 
 

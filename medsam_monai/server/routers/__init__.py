@@ -1,0 +1,1 @@
+"""One router per resource: ``health`` and ``sessions`` (with their segmentations and jobs)."""

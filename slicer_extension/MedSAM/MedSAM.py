@@ -1,0 +1,1269 @@
+"""MedSAM for 3D Slicer: draw a box on a CT/MR slice, get a 2D or 3D segmentation.
+
+The module talks over HTTP to a ``medsam serve`` server (on this computer, started from the panel,
+or elsewhere); torch never enters Slicer's Python. The Logic works on any MRML scene and runs with
+the ``slicer-core`` package alone (no Qt, no application), which is how it is tested; Qt is only
+imported by the Widget.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import unittest
+from dataclasses import dataclass, field
+from typing import Any, Callable, List, Optional, Tuple
+
+import numpy as np
+import vtk
+import slicer
+from vtk.util import numpy_support
+
+try:  # Qt exists inside the Slicer application only; the Widget is the only user.
+    import qt
+except ImportError:  # slicer-core without the application: the Logic still works.
+    qt = None
+
+try:
+    from slicer.ScriptedLoadableModule import (
+        ScriptedLoadableModule,
+        ScriptedLoadableModuleLogic,
+        ScriptedLoadableModuleTest,
+        ScriptedLoadableModuleWidget,
+    )
+except ImportError:  # slicer-core: minimal stand-ins so that the Logic can be imported and used.
+
+    class ScriptedLoadableModule:  # type: ignore[no-redef]
+        def __init__(self, parent):
+            self.parent = parent
+
+    class ScriptedLoadableModuleWidget:  # type: ignore[no-redef]
+        def __init__(self, parent=None):
+            self.parent = parent
+
+    class ScriptedLoadableModuleLogic:  # type: ignore[no-redef]
+        def __init__(self, parent=None):
+            self.parent = parent
+
+    class ScriptedLoadableModuleTest(unittest.TestCase):  # type: ignore[no-redef]
+        def delayDisplay(self, message, msec=0):
+            logging.info(message)
+
+from slicer.util import VTKObservationMixin
+
+from MedSAMLib import consent, geometry, options, server_process, tasks, undo
+
+ACTION_SLICE = "slice"
+ACTION_3D = "3d"
+DEFAULT_SEGMENT_NAME = "MedSAM"
+DEFAULT_SERVER_URL = f"http://127.0.0.1:{server_process.DEFAULT_PORT}"
+
+# Keyboard shortcuts, active while the module is shown (Ctrl+Z as in the Segment Editor).
+SHORTCUT_SEGMENT_SLICE = "Ctrl+Shift+S"
+SHORTCUT_SEGMENT_3D = "Ctrl+Shift+D"
+SHORTCUT_CANCEL = "Escape"
+
+SETTINGS_PREFIX = "MedSAM/"
+
+
+class MedSAMError(RuntimeError):
+    """Something the user can act on; the message is one or two sentences."""
+
+
+class SessionLost(MedSAMError):
+    """The server no longer knows the uploaded image (restarted, expired); upload again."""
+
+
+#
+# MedSAM
+#
+
+
+class MedSAM(ScriptedLoadableModule):
+    """Module description shown in Slicer's module list."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = "MedSAM"
+        self.parent.categories = ["Segmentation"]
+        self.parent.dependencies = ["Segmentations", "Markups"]
+        self.parent.contributors = ["medsam-monai contributors"]
+        self.parent.helpText = (
+            "Draw a box (Markups ROI) on a CT or MR slice in any slice view and let MedSAM segment the "
+            "structure in it, on that slice or through the box's slices in 3D. Results go into the chosen "
+            "segment; Ctrl+Z undoes the last MedSAM action. The model runs in a separate 'medsam serve' "
+            "server (started from this panel or elsewhere); the image is sent to it only after you agree. "
+            f"Shortcuts: {SHORTCUT_SEGMENT_SLICE} segment slice, {SHORTCUT_SEGMENT_3D} segment 3D, "
+            "Ctrl+Z undo, Escape cancel."
+        )
+        self.parent.acknowledgementText = (
+            "MedSAM: Ma J. et al., Segment anything in medical images, Nature Communications 15, 654 (2024). "
+            "Built on 3D Slicer's scripted module template."
+        )
+
+
+#
+# Logic
+#
+
+
+@dataclass
+class SegmentRequest:
+    """Everything one segmentation needs, read from the scene on the main thread.
+
+    The worker thread uses only this object and the client, never MRML nodes.
+    """
+
+    action: str
+    volume_node_id: str
+    segmentation_node_id: str
+    segment_id: Optional[str]
+    new_segment_name: str
+    shape_kji: Tuple[int, int, int]
+    ijk_to_ras: np.ndarray
+    axis: str
+    voxel_axis: int
+    box_ijk: Tuple[int, int, int, int, int, int]
+    slice_range: Tuple[int, int]
+    points: List[Tuple[Tuple[int, int, int], bool]]
+    merge: str
+    modality: str
+    window: Any
+    server_url: str
+    session_key: tuple
+    volume_array: Optional[np.ndarray] = field(default=None, repr=False)
+
+    @property
+    def propagate(self) -> bool:
+        return self.action == ACTION_3D
+
+    def describe(self) -> str:
+        first, last = self.slice_range
+        where = f"{self.axis} slice {first}" if first == last else f"{self.axis} slices {first}-{last}"
+        return f"MedSAM {'3D' if self.propagate else 'slice'} on {where}"
+
+
+@dataclass
+class ApplyResult:
+    """What an action did to the segment."""
+
+    segment_id: str
+    segment_name: str
+    created_segment: bool
+    axis: str
+    first_slice: int
+    last_slice: int
+    voxels_on_slices: int
+    changed_voxels: int
+
+    def summary(self) -> str:
+        where = (f"{self.axis} slice {self.first_slice}" if self.first_slice == self.last_slice
+                 else f"{self.axis} slices {self.first_slice}-{self.last_slice}")
+        return (f"Segment '{self.segment_name}': {self.voxels_on_slices} voxels on {where} "
+                f"({self.changed_voxels} changed). Ctrl+Z undoes this.")
+
+
+def ensure_segmentation_converters() -> None:
+    """Register the labelmap/surface conversion rules when nobody has (slicer-core without the app).
+
+    3D Slicer registers them at startup; without any rule a segment cannot even be created empty.
+    """
+    factory = slicer.vtkSegmentationConverterFactory.GetInstance()
+    if len(factory.GetConverterRules()) == 0:
+        factory.RegisterConverterRule(slicer.vtkBinaryLabelmapToClosedSurfaceConversionRule())
+        factory.RegisterConverterRule(slicer.vtkClosedSurfaceToBinaryLabelmapConversionRule())
+
+
+def _array_from_matrix(matrix: vtk.vtkMatrix4x4) -> np.ndarray:
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)], dtype=float)
+
+
+def _matrix_from_array(array) -> vtk.vtkMatrix4x4:
+    matrix = vtk.vtkMatrix4x4()
+    for r in range(4):
+        for c in range(4):
+            matrix.SetElement(r, c, float(array[r][c]))
+    return matrix
+
+
+def _node_name(node) -> str:
+    return node.GetName() if node is not None else "(none)"
+
+
+def _close_in_background(sessions) -> None:
+    """Close ``(session id, client)`` pairs on their servers in a daemon thread, best effort."""
+    if not sessions:
+        return
+
+    def close_all():
+        for session_id, client in sessions:
+            try:
+                client.close_session(session_id)
+            except Exception as error:  # noqa: BLE001 - the server may be gone; there is nothing to keep
+                logging.info("MedSAM: could not close session %s: %s", session_id, error)
+
+    threading.Thread(target=close_all, name="MedSAM close sessions", daemon=True).start()
+
+
+def _is_session_lost(error: BaseException) -> bool:
+    """True for the client's error meaning the server does not know the session (any client version)."""
+    if getattr(error, "code", None) == "session_not_found":
+        return True
+    status = getattr(error, "status", None) or getattr(error, "status_code", None)
+    return status == 404 and "session" in str(error).lower()
+
+
+class MedSAMLogic(ScriptedLoadableModuleLogic):
+    """All the work of the module, usable from scripts and tests without the GUI.
+
+    A segmentation is three steps so that the GUI never blocks: :meth:`prepare` reads the scene
+    (main thread), :meth:`run` uploads and segments over HTTP (any thread, no MRML access), and
+    :meth:`apply` writes the result into the segment as one undoable step (main thread).
+    :meth:`segment` does all three in a row.
+    """
+
+    def __init__(self, scene=None, consent_store: Optional[consent.ConsentStore] = None):
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.scene = scene if scene is not None else getattr(slicer, "mrmlScene", None)
+        if self.scene is None:
+            raise MedSAMError("no MRML scene: pass one (slicer.vtkMRMLScene()) when running without the application")
+        self.consent = consent_store or consent.ConsentStore.in_memory()
+        self.undo_stack = undo.UndoStack()
+        # A view more than this far from axial/coronal/sagittal is refused (see geometry.view_axis).
+        self.max_oblique_degrees = 20.0
+        self.oblique_views = "error"
+        self._sessions = {}
+        self._clients = {}
+        self._sessions_lock = threading.Lock()
+        ensure_segmentation_converters()
+
+    # -- connecting ------------------------------------------------------------------------
+
+    def client_for(self, url: str, token: Optional[str] = None, timeout: float = 600.0):
+        """The MedSAM client for ``url`` (MedSAMLib's torch-free HTTP client), one per server and token.
+
+        Keeping one client per server lets it re-upload a session the server lost, by itself.
+        """
+        from MedSAMLib.client import MedSAMClient
+
+        key = (consent.normalize_server_url(url), token or None, float(timeout))
+        with self._sessions_lock:
+            client = self._clients.get(key)
+            if client is None:
+                client = self._clients[key] = MedSAMClient(url, token=token or None, timeout=timeout)
+        return client
+
+    # -- reading the scene -------------------------------------------------------------------
+
+    def volume_geometry(self, volume_node) -> Tuple[np.ndarray, Tuple[int, int, int]]:
+        """The volume's IJK-to-RAS matrix in world coordinates and its voxel counts (I, J, K)."""
+        if volume_node is None or volume_node.GetImageData() is None:
+            raise MedSAMError("Select a volume that holds an image.")
+        image = volume_node.GetImageData()
+        if image.GetNumberOfScalarComponents() != 1:
+            raise MedSAMError(f"'{_node_name(volume_node)}' has {image.GetNumberOfScalarComponents()} components "
+                              "per voxel; MedSAM needs a single-component (grey-scale) CT or MR volume.")
+        matrix = vtk.vtkMatrix4x4()
+        volume_node.GetIJKToRASMatrix(matrix)
+        ijk_to_ras = _array_from_matrix(matrix)
+        transform = volume_node.GetParentTransformNode()
+        if transform is not None:
+            if not transform.IsTransformToWorldLinear():
+                raise MedSAMError(f"'{_node_name(volume_node)}' is under a non-linear transform; harden it first "
+                                  "(Data module, right-click the transform, 'Harden transform').")
+            to_world = vtk.vtkMatrix4x4()
+            transform.GetMatrixTransformToWorld(to_world)
+            ijk_to_ras = _array_from_matrix(to_world) @ ijk_to_ras
+        dimensions = image.GetDimensions()
+        return ijk_to_ras, (int(dimensions[0]), int(dimensions[1]), int(dimensions[2]))
+
+    @staticmethod
+    def _slice_to_ras(slice_view) -> np.ndarray:
+        """SliceToRAS of a vtkMRMLSliceNode, or a 4x4 matrix given directly."""
+        if hasattr(slice_view, "GetSliceToRAS"):
+            return _array_from_matrix(slice_view.GetSliceToRAS())
+        matrix = np.asarray(slice_view, dtype=float)
+        if matrix.shape != (4, 4):
+            raise MedSAMError("Pick a slice view (Red, Yellow or Green) to define the slicing direction.")
+        return matrix
+
+    @staticmethod
+    def roi_ras_bounds(roi_node) -> Tuple[np.ndarray, np.ndarray]:
+        """The ROI's axis-aligned bounds in world RAS (a rotated ROI gives its bounding box)."""
+        if roi_node is None or roi_node.GetNumberOfControlPoints() == 0:
+            raise MedSAMError("Draw a box first: place the ROI in a slice view around the structure.")
+        bounds = [0.0] * 6
+        roi_node.GetRASBounds(bounds)
+        low = np.array(bounds[0::2], dtype=float)
+        high = np.array(bounds[1::2], dtype=float)
+        if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high))) or np.count_nonzero(high - low > 0) < 2:
+            raise MedSAMError(f"The box '{_node_name(roi_node)}' has no area; drag its corner handles to size it.")
+        return low, high
+
+    @staticmethod
+    def control_points_world(points_node) -> np.ndarray:
+        """Defined control points of a point list in world RAS, shape (N, 3)."""
+        if points_node is None:
+            return np.zeros((0, 3))
+        defined = slicer.vtkMRMLMarkupsNode.PositionDefined
+        result = []
+        for index in range(points_node.GetNumberOfControlPoints()):
+            if points_node.GetNthControlPointPositionStatus(index) != defined:
+                continue  # a point still being placed
+            position = [0.0, 0.0, 0.0]
+            points_node.GetNthControlPointPositionWorld(index, position)
+            result.append(position)
+        return np.array(result, dtype=float).reshape(-1, 3)
+
+    def prompt_points(self, include_node, exclude_node, ijk_to_ras, shape_ijk, slice_range, voxel_axis):
+        """Positive and negative points on the segmented slices, as the client takes them."""
+        positive = self.control_points_world(include_node)
+        negative = self.control_points_world(exclude_node)
+        points = np.concatenate([positive, negative]) if len(positive) + len(negative) else np.zeros((0, 3))
+        signs = [True] * len(positive) + [False] * len(negative)
+        return geometry.points_to_ijk(points, signs, ijk_to_ras, shape_ijk, slice_range, voxel_axis)
+
+    @staticmethod
+    def guess_modality(volume_node) -> str:
+        """``ct`` when the volume holds air-like values (below -500, Hounsfield units), else ``mr``."""
+        image = volume_node.GetImageData() if volume_node is not None else None
+        if image is None:
+            return "ct"
+        return options.guess_modality(image.GetScalarRange()[0])
+
+    # -- step 1: prepare (main thread) -------------------------------------------------------
+
+    def prepare(self, volume_node, segmentation_node, roi_node, slice_view, action: str = ACTION_3D,
+                segment_id: Optional[str] = None, new_segment_name: str = DEFAULT_SEGMENT_NAME,
+                merge: str = "replace", modality: str = "ct", window: Any = "abdomen",
+                include_points_node=None, exclude_points_node=None, server_url: str = DEFAULT_SERVER_URL,
+                force_upload: bool = False) -> SegmentRequest:
+        """Check the inputs and compute the voxel box; raise MedSAMError with advice when they don't fit.
+
+        ``slice_view`` is the slice node the box was drawn in (or its 4x4 SliceToRAS): its
+        orientation gives the slicing axis and, for ``action="slice"``, its position the slice.
+        ``segment_id`` selects an existing segment; without it a segment ``new_segment_name`` is
+        created when the result is applied. ``merge`` is ``replace`` (the box's slices become the
+        result) or ``add``. Raises :class:`consent.ConsentRequired` when the user has not agreed
+        to send images to ``server_url``.
+        """
+        if action not in (ACTION_SLICE, ACTION_3D):
+            raise ValueError(f"action must be {ACTION_SLICE!r} or {ACTION_3D!r}, got {action!r}")
+        if merge not in geometry.MERGE_MODES:
+            raise ValueError(f"merge must be one of {geometry.MERGE_MODES}, got {merge!r}")
+        server_url = consent.normalize_server_url(server_url)
+        ijk_to_ras, shape_ijk = self.volume_geometry(volume_node)
+        self._check_segmentation(segmentation_node, volume_node, segment_id, new_segment_name)
+        modality = str(modality).strip().lower()
+        try:
+            window = options.normalize_window(modality, window)
+        except ValueError as error:
+            raise MedSAMError(str(error)[:1].upper() + str(error)[1:] + ".") from None
+        try:
+            axis, _ = geometry.view_axis(self._slice_to_ras(slice_view), self.max_oblique_degrees, self.oblique_views)
+            voxel_axis = geometry.slicing_voxel_axis(ijk_to_ras, axis)
+            box = self._box_for_action(action, roi_node, slice_view, ijk_to_ras, shape_ijk, axis, voxel_axis, volume_node)
+        except geometry.GeometryError as error:
+            raise MedSAMError(str(error)[:1].upper() + str(error)[1:] + ".") from None
+        slice_range = geometry.box_slice_range(box, voxel_axis)
+        points = self.prompt_points(include_points_node, exclude_points_node, ijk_to_ras, shape_ijk,
+                                    slice_range, voxel_axis)
+        self.consent.require(server_url)
+        key = self._session_key(server_url, volume_node, ijk_to_ras, modality, window)
+        with self._sessions_lock:
+            if force_upload:
+                self._sessions.pop(key, None)
+            needs_upload = key not in self._sessions
+        # A copy: the user may edit the volume while the upload runs in another thread.
+        volume_array = np.array(slicer.util.arrayFromVolume(volume_node), copy=True) if needs_upload else None
+        return SegmentRequest(
+            action=action, volume_node_id=volume_node.GetID(), segmentation_node_id=segmentation_node.GetID(),
+            segment_id=segment_id, new_segment_name=new_segment_name or DEFAULT_SEGMENT_NAME,
+            shape_kji=(shape_ijk[2], shape_ijk[1], shape_ijk[0]), ijk_to_ras=ijk_to_ras, axis=axis,
+            voxel_axis=voxel_axis, box_ijk=tuple(int(v) for v in box), slice_range=slice_range, points=points,
+            merge=merge, modality=modality, window=window, server_url=server_url, session_key=key,
+            volume_array=volume_array,
+        )
+
+    def _check_segmentation(self, segmentation_node, volume_node, segment_id, new_segment_name) -> None:
+        if segmentation_node is None:
+            raise MedSAMError("Select or create a segmentation to write the result into.")
+        if segmentation_node.GetTransformNodeID() != volume_node.GetTransformNodeID():
+            raise MedSAMError(f"'{_node_name(segmentation_node)}' and '{_node_name(volume_node)}' are under different "
+                              "transforms; put both under the same one (or harden the transforms).")
+        if segment_id and segmentation_node.GetSegmentation().GetSegment(segment_id) is None:
+            raise MedSAMError(f"The segment to write into is no longer in '{_node_name(segmentation_node)}'; pick another.")
+        if not segment_id and not str(new_segment_name or "").strip():
+            raise MedSAMError("Give the new segment a name.")
+
+    def _box_for_action(self, action, roi_node, slice_view, ijk_to_ras, shape_ijk, axis, voxel_axis, volume_node):
+        low, high = self.roi_ras_bounds(roi_node)
+        name = _node_name(volume_node)
+        if action == ACTION_3D:
+            box = geometry.ras_box_to_ijk(low, high, ijk_to_ras, shape_ijk)
+            if box is None:
+                raise MedSAMError(
+                    f"The box contains no voxel centre of '{name}'. It may lie outside the image, or be thinner "
+                    f"than one slice along {axis}: drag its handles in a perpendicular view to cover the slices.")
+            return box
+        slice_to_ras = self._slice_to_ras(slice_view)
+        index = geometry.slice_index_at(slice_to_ras[:3, 3], ijk_to_ras, shape_ijk, voxel_axis)
+        if index is None:
+            raise MedSAMError(f"The slice view shows no slice of '{name}'; scroll to a slice of the image.")
+        box = geometry.one_slice_box(low, high, ijk_to_ras, shape_ijk, voxel_axis, index)
+        if box is None:
+            raise MedSAMError(f"The box does not cover any voxel of '{name}' on the slice in view ({axis} {index}).")
+        return box
+
+    @staticmethod
+    def _session_key(server_url, volume_node, ijk_to_ras, modality, window) -> tuple:
+        # The image data's modification time changes whenever its voxels do; VTK's clock is global,
+        # so a new image never repeats an old key.
+        return (server_url, volume_node.GetID(), int(volume_node.GetImageData().GetMTime()),
+                tuple(np.round(ijk_to_ras, 9).ravel().tolist()), str(modality).lower(), repr(window))
+
+    # -- step 2: run (any thread) ------------------------------------------------------------
+
+    def run(self, client, request: SegmentRequest, progress: Optional[Callable[[int, int], None]] = None,
+            cancel: Optional[Callable[[], bool]] = None) -> np.ndarray:
+        """Upload the volume if the server does not have it yet, then segment; returns labels [k, j, i].
+
+        Touches no MRML node, so it may run in a worker thread. Raises :class:`SessionLost` when the
+        server forgot the upload (prepare again with ``force_upload=True``).
+        """
+        self.consent.require(request.server_url)
+        session_id = self._session_for(client, request)
+        try:
+            labels = client.segment(session_id, request.box_ijk, axis=request.axis, propagate=request.propagate,
+                                    points=request.points or None, progress=progress, cancel=cancel)
+        except Exception as error:
+            if _is_session_lost(error):
+                with self._sessions_lock:
+                    self._sessions.pop(request.session_key, None)
+                raise SessionLost("The server no longer has the image (it restarted or the session expired).") from error
+            raise
+        labels = np.asarray(labels)
+        if labels.shape != tuple(request.shape_kji):
+            raise MedSAMError(f"The server returned labels of shape {labels.shape} for a volume of shape "
+                              f"{tuple(request.shape_kji)} (K, J, I); is it a compatible medsam version?")
+        return labels
+
+    def _session_for(self, client, request: SegmentRequest) -> str:
+        with self._sessions_lock:
+            known = self._sessions.get(request.session_key)
+        if known is not None:
+            return known[0]
+        if request.volume_array is None:
+            raise SessionLost("The image must be uploaded again.")
+        # The server encodes the slices around the box first, while the user waits anyway.
+        box = np.asarray(request.box_ijk)
+        focus = [int(v) for v in (box[:3] + box[3:]) // 2]
+        session_id = client.create_session(request.volume_array, request.ijk_to_ras, modality=request.modality,
+                                           window=request.window, focus_ijk=focus, focus_axis=request.axis)
+        with self._sessions_lock:
+            # Earlier uploads of this volume (before an edit, with another window) are of no more use.
+            stale = [key for key in self._sessions if key[:2] == request.session_key[:2]]
+            stale = [self._sessions.pop(key) for key in stale]
+            self._sessions[request.session_key] = (session_id, client)
+        _close_in_background(stale)
+        return session_id
+
+    def forget_sessions(self, close_on_server: bool = True) -> None:
+        """Forget the uploaded images; with ``close_on_server`` also close them on their servers.
+
+        Closing happens in a daemon thread: a server that is gone must not hold up closing a scene.
+        """
+        with self._sessions_lock:
+            sessions = list(self._sessions.values())
+            self._sessions.clear()
+        if close_on_server:
+            _close_in_background(sessions)
+
+    # -- step 3: apply (main thread) ---------------------------------------------------------
+
+    def apply(self, request: SegmentRequest, labels: np.ndarray) -> ApplyResult:
+        """Write ``labels`` into the target segment as one undoable step; the segment is untouched on error."""
+        volume_node = self.scene.GetNodeByID(request.volume_node_id)
+        segmentation_node = self.scene.GetNodeByID(request.segmentation_node_id)
+        if volume_node is None or segmentation_node is None:
+            raise MedSAMError("The volume or the segmentation was removed while segmenting; nothing was written.")
+        _, shape_ijk = self.volume_geometry(volume_node)
+        if (shape_ijk[2], shape_ijk[1], shape_ijk[0]) != tuple(request.shape_kji):
+            raise MedSAMError(f"'{_node_name(volume_node)}' changed size while segmenting; nothing was written.")
+        segment_id, created = self._target_segment(segmentation_node, volume_node, request)
+        try:
+            current = self.read_segment(segmentation_node, segment_id, volume_node)
+            merged = geometry.merge_mask(current, labels, request.voxel_axis, request.slice_range, request.merge)
+            region = geometry.slab(request.voxel_axis, *request.slice_range)
+            entry = undo.UndoEntry.capture(request.describe(), segmentation_node.GetID(), segment_id, created,
+                                           request.voxel_axis, *request.slice_range, current[region],
+                                           volume_node_id=volume_node.GetID())
+            self.write_segment(segmentation_node, segment_id, volume_node, merged)
+        except Exception:
+            if created:
+                segmentation_node.GetSegmentation().RemoveSegment(segment_id)
+            raise
+        self.undo_stack.push(entry)
+        segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
+        return ApplyResult(
+            segment_id=segment_id, segment_name=segment.GetName(), created_segment=created, axis=request.axis,
+            first_slice=request.slice_range[0], last_slice=request.slice_range[1],
+            voxels_on_slices=int(merged[region].sum()), changed_voxels=int((merged[region] != current[region]).sum()),
+        )
+
+    def _target_segment(self, segmentation_node, volume_node, request) -> Tuple[str, bool]:
+        segmentation = segmentation_node.GetSegmentation()
+        if request.segment_id:
+            if segmentation.GetSegment(request.segment_id) is None:
+                raise MedSAMError("The segment to write into was deleted while segmenting; nothing was written.")
+            return request.segment_id, False
+        if segmentation.GetNumberOfSegments() == 0 and not segmentation_node.GetNodeReference(
+                slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole()):
+            # A fresh segmentation takes the volume's grid, so voxels map one to one.
+            segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
+        segment_id = segmentation.AddEmptySegment("", request.new_segment_name)
+        if not segment_id:
+            raise MedSAMError(f"Could not add a segment to '{_node_name(segmentation_node)}'.")
+        return segment_id, True
+
+    def read_segment(self, segmentation_node, segment_id: str, volume_node) -> np.ndarray:
+        """The segment on the volume's voxel grid as uint8 0/1, indexed [k, j, i]."""
+        _, shape_ijk = self.volume_geometry(volume_node)
+        shape_kji = (shape_ijk[2], shape_ijk[1], shape_ijk[0])
+        segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
+        if segment is None:
+            raise MedSAMError(f"No segment {segment_id!r} in '{_node_name(segmentation_node)}'.")
+        labelmap = slicer.vtkOrientedImageData()
+        logic = slicer.vtkSlicerSegmentationsModuleLogic
+        # No parent transform applied: the segmentation and the volume share one (checked in prepare).
+        if not logic.GetSegmentBinaryLabelmapRepresentation(segmentation_node, segment_id, labelmap, False):
+            raise MedSAMError(f"Could not read segment '{segment.GetName()}' as a labelmap.")
+        if labelmap.IsEmpty() or labelmap.GetPointData().GetScalars() is None:
+            return np.zeros(shape_kji, dtype=np.uint8)
+        reference = self._oriented_image(volume_node, allocate=False)
+        resampled = slicer.vtkOrientedImageData()
+        if not slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
+                labelmap, reference, resampled, False, True):
+            raise MedSAMError(f"Could not bring segment '{segment.GetName()}' onto the volume's grid.")
+        values = numpy_support.vtk_to_numpy(resampled.GetPointData().GetScalars()).reshape(shape_kji)
+        # Segments can share one labelmap layer; this segment is the voxels with its label value.
+        return (values == segment.GetLabelValue()).astype(np.uint8)
+
+    def write_segment(self, segmentation_node, segment_id: str, volume_node, mask_kji: np.ndarray) -> None:
+        """Replace the segment by ``mask_kji`` (uint8 0/1 on the volume's grid, [k, j, i])."""
+        image = self._oriented_image(volume_node, allocate=True)
+        scalars = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())
+        scalars[:] = (np.asarray(mask_kji) > 0).astype(np.uint8).ravel()
+        image.Modified()
+        logic = slicer.vtkSlicerSegmentationsModuleLogic
+        if not logic.SetBinaryLabelmapToSegment(image, segmentation_node, segment_id, logic.MODE_REPLACE, image.GetExtent()):
+            raise MedSAMError(f"Could not write into segment {segment_id!r} of '{_node_name(segmentation_node)}'.")
+
+    @staticmethod
+    def _oriented_image(volume_node, allocate: bool):
+        """An oriented image with the volume's grid (node coordinates), uint8 scalars if ``allocate``."""
+        matrix = vtk.vtkMatrix4x4()
+        volume_node.GetIJKToRASMatrix(matrix)
+        dimensions = volume_node.GetImageData().GetDimensions()
+        image = slicer.vtkOrientedImageData()
+        image.SetImageToWorldMatrix(matrix)
+        image.SetExtent(0, dimensions[0] - 1, 0, dimensions[1] - 1, 0, dimensions[2] - 1)
+        if allocate:
+            image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+        return image
+
+    # -- undo ------------------------------------------------------------------------------
+
+    def can_undo(self) -> bool:
+        return len(self.undo_stack) > 0
+
+    def undo(self) -> Optional[str]:
+        """Put the segment of the last action back as it was; returns what was undone (None: nothing)."""
+        entry = self.undo_stack.pop()
+        if entry is None:
+            return None
+        segmentation_node = self.scene.GetNodeByID(entry.segmentation_node_id)
+        if segmentation_node is None or segmentation_node.GetSegmentation().GetSegment(entry.segment_id) is None:
+            raise MedSAMError(f"Cannot undo '{entry.description}': its segment was deleted.")
+        if entry.created_segment:
+            segmentation_node.GetSegmentation().RemoveSegment(entry.segment_id)
+            return entry.description
+        volume_node = self.scene.GetNodeByID(entry.volume_node_id)
+        if volume_node is None:
+            raise MedSAMError(f"Cannot undo '{entry.description}': its volume was removed.")
+        current = self.read_segment(segmentation_node, entry.segment_id, volume_node)
+        region = geometry.slab(entry.voxel_axis, entry.first_slice, entry.last_slice)
+        if current[region].shape != tuple(entry.slab_shape):
+            raise MedSAMError(f"Cannot undo '{entry.description}': the volume changed size since.")
+        current[region] = entry.slab_before()
+        self.write_segment(segmentation_node, entry.segment_id, volume_node, current)
+        return entry.description
+
+    # -- all steps in a row ------------------------------------------------------------------
+
+    def segment(self, client, volume_node, segmentation_node, roi_node, slice_view, action: str = ACTION_3D,
+                progress=None, cancel=None, **prepare_options) -> ApplyResult:
+        """:meth:`prepare`, :meth:`run` and :meth:`apply` in one blocking call (scripts, tests)."""
+        request = self.prepare(volume_node, segmentation_node, roi_node, slice_view, action, **prepare_options)
+        try:
+            labels = self.run(client, request, progress, cancel)
+        except SessionLost:
+            request = self.prepare(volume_node, segmentation_node, roi_node, slice_view, action,
+                                   force_upload=True, **prepare_options)
+            labels = self.run(client, request, progress, cancel)
+        return self.apply(request, labels)
+
+
+#
+# Widget
+#
+
+
+def settings_value(key: str, default: Any = "") -> Any:
+    value = qt.QSettings().value(SETTINGS_PREFIX + key)
+    return default if value is None or value == "" else value
+
+
+def set_settings_value(key: str, value: Any) -> None:
+    qt.QSettings().setValue(SETTINGS_PREFIX + key, value)
+
+
+def qsettings_consent_store() -> consent.ConsentStore:
+    """The user's upload agreements, kept in Slicer's settings (one JSON list)."""
+    return consent.ConsentStore(lambda: settings_value("ConsentedServers", ""),
+                                lambda text: set_settings_value("ConsentedServers", text))
+
+
+class MedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The panel: wires widgets to the Logic; the work happens in the Logic."""
+
+    def __init__(self, parent=None):
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._task = None
+        self._on_task_done = None
+        self._timer = None
+        self._local_server = None
+        self._shortcuts = []
+        self._observed_segmentation = None
+        self._discard_message = None  # set when the running task's result must be dropped
+
+    # -- set up ------------------------------------------------------------------------------
+
+    def setup(self):
+        ScriptedLoadableModuleWidget.setup(self)
+        ui_widget = slicer.util.loadUI(self.resourcePath("UI/MedSAM.ui"))
+        self.layout.addWidget(ui_widget)
+        self.ui = slicer.util.childWidgetVariables(ui_widget)
+        ui_widget.setMRMLScene(slicer.mrmlScene)
+        self.logic = MedSAMLogic(consent_store=qsettings_consent_store())
+        self._fill_choices()
+        self._restore_settings()
+        self._connect_widgets()
+        self._timer = qt.QTimer()
+        self._timer.setInterval(100)
+        self._timer.connect("timeout()", self._poll_task)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        # The local server ends with Slicer (atexit in server_process covers crashes of the GUI).
+        slicer.app.connect("aboutToQuit()", self.stopLocalServer)
+        self._set_busy(False)
+        self.onVolumeChanged(self.ui.volumeSelector.currentNode())
+        self.onSegmentationChanged(self.ui.segmentationSelector.currentNode())
+
+    def _fill_choices(self):
+        self.ui.modalityComboBox.clear()
+        self.ui.modalityComboBox.addItem("CT", "ct")
+        self.ui.modalityComboBox.addItem("MR", "mr")
+        self.ui.windowComboBox.clear()
+        for name in options.WINDOW_CHOICES:
+            self.ui.windowComboBox.addItem(name.capitalize(), name)
+        self.ui.mergeComboBox.clear()
+        self.ui.mergeComboBox.addItem("Replace on the box's slices", "replace")
+        self.ui.mergeComboBox.addItem("Add to the segment", "add")
+        self.ui.sliceViewComboBox.clear()
+        self.ui.sliceViewComboBox.addItem("Last view under the mouse", "")
+        for name in slicer.app.layoutManager().sliceViewNames():
+            self.ui.sliceViewComboBox.addItem(name, name)
+        self.ui.variantComboBox.clear()
+        for name in server_process.VARIANTS:
+            self.ui.variantComboBox.addItem(name, name)
+        self.ui.deviceComboBox.clear()
+        for name in ("cpu", "cuda"):
+            self.ui.deviceComboBox.addItem(name, name)
+        self.ui.segmentSliceButton.toolTip = f"Segment the slice in view inside the box ({SHORTCUT_SEGMENT_SLICE})."
+        self.ui.segment3DButton.toolTip = (f"Segment every slice the box spans along the view's axis, propagating "
+                                           f"from its middle slice ({SHORTCUT_SEGMENT_3D}).")
+        self.ui.undoButton.toolTip = "Put the segment back as it was before the last MedSAM action (Ctrl+Z)."
+
+    def _restore_settings(self):
+        self.ui.serverUrlLineEdit.text = settings_value("ServerURL", DEFAULT_SERVER_URL)
+        self.ui.pythonPathLineEdit.currentPath = settings_value("ServerPython", "")
+        self.ui.checkpointPathLineEdit.currentPath = settings_value("ServerCheckpoint", "")
+        self.ui.portSpinBox.value = int(settings_value("ServerPort", server_process.DEFAULT_PORT))
+        self._select_data(self.ui.variantComboBox, settings_value("ServerVariant", "vit_b"))
+        self._select_data(self.ui.deviceComboBox, settings_value("ServerDevice", "cpu"))
+        self._select_data(self.ui.windowComboBox, settings_value("CTWindow", "abdomen"))
+        self.onWindowChanged()
+
+    def _save_settings(self):
+        set_settings_value("ServerURL", self.ui.serverUrlLineEdit.text.strip())
+        set_settings_value("ServerPython", self.ui.pythonPathLineEdit.currentPath)
+        set_settings_value("ServerCheckpoint", self.ui.checkpointPathLineEdit.currentPath)
+        set_settings_value("ServerPort", int(self.ui.portSpinBox.value))
+        set_settings_value("ServerVariant", self.ui.variantComboBox.currentData)
+        set_settings_value("ServerDevice", self.ui.deviceComboBox.currentData)
+        set_settings_value("CTWindow", self.ui.windowComboBox.currentData)
+
+    @staticmethod
+    def _select_data(combo_box, data):
+        index = combo_box.findData(data)
+        if index >= 0:
+            combo_box.setCurrentIndex(index)
+
+    def _connect_widgets(self):
+        self.ui.volumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onVolumeChanged)
+        self.ui.segmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onSegmentationChanged)
+        self.ui.segmentComboBox.connect("currentIndexChanged(int)", self._update_new_segment_name)
+        for selector, place_widget in ((self.ui.roiSelector, self.ui.roiPlaceWidget),
+                                       (self.ui.includePointsSelector, self.ui.includePointsPlaceWidget),
+                                       (self.ui.excludePointsSelector, self.ui.excludePointsPlaceWidget)):
+            selector.connect("currentNodeChanged(vtkMRMLNode*)",
+                             lambda node, place_widget=place_widget: place_widget.setCurrentNode(node))
+        self.ui.modalityComboBox.connect("currentIndexChanged(int)", self.onWindowChanged)
+        self.ui.windowComboBox.connect("currentIndexChanged(int)", self.onWindowChanged)
+        self.ui.testConnectionButton.connect("clicked(bool)", self.onTestConnection)
+        self.ui.forgetConsentButton.connect("clicked(bool)", self.onForgetConsent)
+        self.ui.startServerButton.connect("clicked(bool)", self.onStartLocalServer)
+        self.ui.stopServerButton.connect("clicked(bool)", self.stopLocalServer)
+        self.ui.showServerLogButton.connect("clicked(bool)", self.onShowServerLog)
+        self.ui.segmentSliceButton.connect("clicked(bool)", self.onSegmentSlice)
+        self.ui.segment3DButton.connect("clicked(bool)", self.onSegment3D)
+        self.ui.undoButton.connect("clicked(bool)", self.onUndo)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
+
+    def enter(self):
+        self._ensure_prompt_nodes()
+        self._install_shortcuts()
+
+    def exit(self):
+        self._uninstall_shortcuts()
+
+    def cleanup(self):
+        self._uninstall_shortcuts()
+        self.onCancel()
+        self.removeObservers()
+        self.stopLocalServer()
+
+    def onSceneStartClose(self, caller, event):
+        if self._task is not None:
+            self._task.cancel()
+            self._discard_message = "The scene was closed; the result was discarded."  # its nodes are going
+        self.logic.undo_stack.clear()
+        self.logic.forget_sessions(close_on_server=True)
+        self._update_buttons()
+
+    # -- keyboard shortcuts (installed on the main window while the module is shown) -----------
+
+    def _install_shortcuts(self):
+        self._uninstall_shortcuts()
+        for keys, slot in ((SHORTCUT_SEGMENT_SLICE, self.onSegmentSlice), (SHORTCUT_SEGMENT_3D, self.onSegment3D),
+                           (qt.QKeySequence.Undo, self.onUndo), (SHORTCUT_CANCEL, self.onCancel)):
+            shortcut = qt.QShortcut(qt.QKeySequence(keys), slicer.util.mainWindow())
+            shortcut.connect("activated()", slot)
+            if keys == SHORTCUT_CANCEL:
+                shortcut.setEnabled(self._task is not None)  # Escape stays with the views when idle
+            self._shortcuts.append((keys, shortcut))
+        self._update_buttons()
+
+    def _uninstall_shortcuts(self):
+        for _, shortcut in self._shortcuts:
+            shortcut.disconnect("activated()")
+            shortcut.setParent(None)
+        self._shortcuts = []
+
+    # -- inputs ---------------------------------------------------------------------------
+
+    def _ensure_prompt_nodes(self):
+        """A box and two point lists to place, so that the user can start drawing at once."""
+        scene = slicer.mrmlScene
+        if self.ui.roiSelector.currentNode() is None:
+            roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "MedSAM box")
+            self.ui.roiSelector.setCurrentNode(roi)
+        for selector, name, color in ((self.ui.includePointsSelector, "MedSAM include", (0.2, 0.9, 0.2)),
+                                      (self.ui.excludePointsSelector, "MedSAM exclude", (0.95, 0.2, 0.2))):
+            if selector.currentNode() is None:
+                points = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", name)
+                points.CreateDefaultDisplayNodes()
+                points.GetDisplayNode().SetSelectedColor(*color)
+                selector.setCurrentNode(points)
+
+    def onVolumeChanged(self, volume_node):
+        if volume_node is not None:
+            self._select_data(self.ui.modalityComboBox, self.logic.guess_modality(volume_node))
+        self._update_buttons()
+
+    def onSegmentationChanged(self, segmentation_node):
+        if self._observed_segmentation is not None:
+            for event in (slicer.vtkSegmentation.SegmentAdded, slicer.vtkSegmentation.SegmentRemoved,
+                          slicer.vtkSegmentation.SegmentModified):
+                self.removeObserver(self._observed_segmentation, event, self._refresh_segments)
+        self._observed_segmentation = segmentation_node
+        if segmentation_node is not None:
+            for event in (slicer.vtkSegmentation.SegmentAdded, slicer.vtkSegmentation.SegmentRemoved,
+                          slicer.vtkSegmentation.SegmentModified):
+                self.addObserver(segmentation_node, event, self._refresh_segments)
+        self._refresh_segments()
+
+    def _refresh_segments(self, caller=None, event=None, select_id=None):
+        """List the segmentation's segments plus 'New segment', keeping the current choice."""
+        combo = self.ui.segmentComboBox
+        keep = select_id or combo.currentData
+        was_blocked = combo.blockSignals(True)
+        combo.clear()
+        segmentation_node = self.ui.segmentationSelector.currentNode()
+        if segmentation_node is not None:
+            segmentation = segmentation_node.GetSegmentation()
+            for index in range(segmentation.GetNumberOfSegments()):
+                segment_id = segmentation.GetNthSegmentID(index)
+                combo.addItem(segmentation.GetSegment(segment_id).GetName(), segment_id)
+        combo.addItem("New segment", "")
+        index = combo.findData(keep) if keep else -1
+        combo.setCurrentIndex(index if index >= 0 else combo.count - 1)
+        combo.blockSignals(was_blocked)
+        self._update_new_segment_name()
+
+    def _update_new_segment_name(self, *_):
+        self.ui.newSegmentNameLineEdit.enabled = not self.ui.segmentComboBox.currentData
+        self._update_buttons()
+
+    def onWindowChanged(self, *_):
+        is_ct = self.ui.modalityComboBox.currentData == "ct"
+        custom = self.ui.windowComboBox.currentData == options.CUSTOM_WINDOW
+        self.ui.windowComboBox.enabled = is_ct
+        self.ui.windowLevelSpinBox.enabled = is_ct and custom
+        self.ui.windowWidthSpinBox.enabled = is_ct and custom
+
+    def _window(self):
+        modality = self.ui.modalityComboBox.currentData
+        return options.window_argument(modality, self.ui.windowComboBox.currentData,
+                                       self.ui.windowLevelSpinBox.value, self.ui.windowWidthSpinBox.value)
+
+    def _slice_node(self):
+        """The chosen slice view, or the one the mouse was last in (where the box was drawn)."""
+        name = self.ui.sliceViewComboBox.currentData
+        layout_manager = slicer.app.layoutManager()
+        if not name:
+            crosshair = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLCrosshairNode")
+            if crosshair is not None:
+                slice_node = crosshair.GetCursorPositionXYZ([0.0, 0.0, 0.0])
+                if slice_node is not None:
+                    return slice_node
+            name = "Red"
+        widget = layout_manager.sliceWidget(name)
+        if widget is None:
+            raise MedSAMError(f"There is no slice view named {name} in this layout.")
+        return widget.mrmlSliceNode()
+
+    def _server(self):
+        url = self.ui.serverUrlLineEdit.text.strip()
+        consent.normalize_server_url(url)
+        return url, self.ui.serverTokenLineEdit.text.strip() or None
+
+    # -- segmenting ---------------------------------------------------------------------------
+
+    def onSegmentSlice(self):
+        self._segment(ACTION_SLICE)
+
+    def onSegment3D(self):
+        self._segment(ACTION_3D)
+
+    def _segment(self, action, force_upload=False):
+        if self._task is not None:
+            return
+        try:
+            url, token = self._server()
+            try:
+                request = self._prepare(action, url, force_upload)
+            except consent.ConsentRequired:
+                # Asked only once the inputs are known to be fine, right before the first upload.
+                if not self._ask_consent(url):
+                    self.ui.statusLabel.text = "Nothing was sent: the image goes to a server only with your agreement."
+                    return
+                request = self._prepare(action, url, force_upload)
+            client = self.logic.client_for(url, token)
+        except Exception as error:  # noqa: BLE001 - every problem ends in a message box
+            self._show_error("Cannot segment", error)
+            return
+        self._save_settings()
+        work = lambda progress, cancelled: self.logic.run(client, request, progress, cancelled)  # noqa: E731
+        message = "Uploading the image and segmenting..." if request.volume_array is not None else "Segmenting..."
+        # A server that lost the image gets it again, once (a retry that loses it too is an error).
+        retry = None if force_upload else (lambda: self._segment(action, force_upload=True))
+        self._start_task(tasks.BackgroundTask(work, request.describe()), message,
+                         lambda labels: self._finish_segment(request, labels), on_session_lost=retry)
+
+    def _prepare(self, action, url, force_upload):
+        return self.logic.prepare(
+            self.ui.volumeSelector.currentNode(), self._segmentation_node(), self.ui.roiSelector.currentNode(),
+            self._slice_node(), action, segment_id=self.ui.segmentComboBox.currentData or None,
+            new_segment_name=self.ui.newSegmentNameLineEdit.text.strip() or DEFAULT_SEGMENT_NAME,
+            merge=self.ui.mergeComboBox.currentData, modality=self.ui.modalityComboBox.currentData,
+            window=self._window(), include_points_node=self.ui.includePointsSelector.currentNode(),
+            exclude_points_node=self.ui.excludePointsSelector.currentNode(), server_url=url,
+            force_upload=force_upload)
+
+    def _segmentation_node(self):
+        node = self.ui.segmentationSelector.currentNode()
+        volume = self.ui.volumeSelector.currentNode()
+        if node is None and volume is not None:
+            node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "MedSAM segmentation")
+            node.CreateDefaultDisplayNodes()
+            node.SetAndObserveTransformNodeID(volume.GetTransformNodeID())  # where the volume is
+            self.ui.segmentationSelector.setCurrentNode(node)
+        return node
+
+    def _finish_segment(self, request, labels):
+        result = self.logic.apply(request, labels)
+        self._refresh_segments(select_id=result.segment_id)
+        self.ui.statusLabel.text = result.summary()
+
+    def onUndo(self):
+        if self._task is not None:
+            return
+        try:
+            undone = self.logic.undo()
+        except Exception as error:  # noqa: BLE001
+            self._show_error("Cannot undo", error)
+        else:
+            self.ui.statusLabel.text = f"Undone: {undone}." if undone else "Nothing to undo."
+        self._refresh_segments()
+        self._update_buttons()
+
+    def onCancel(self):
+        if self._task is not None:
+            self._task.cancel()
+            self.ui.statusLabel.text = "Cancelling after the current slice..."
+
+    # -- server --------------------------------------------------------------------------------
+
+    def _ask_consent(self, url) -> bool:
+        if self.logic.consent.is_granted(url):
+            return True
+        agreed = slicer.util.confirmYesNoDisplay(consent.consent_question(url), windowTitle="MedSAM: send the image?")
+        if agreed:
+            self.logic.consent.grant(url)
+        return bool(agreed)
+
+    def onForgetConsent(self):
+        try:
+            url, _ = self._server()
+            self.logic.consent.revoke(url)
+        except Exception as error:  # noqa: BLE001
+            self._show_error("Cannot forget the agreement", error)
+            return
+        self.ui.connectionStatusLabel.text = f"You will be asked again before sending an image to {url}."
+
+    def onTestConnection(self):
+        if self._task is not None:
+            return
+        try:
+            url, token = self._server()
+            client = self.logic.client_for(url, token, timeout=10.0)
+        except Exception as error:  # noqa: BLE001
+            self._show_error("Cannot connect", error)
+            return
+        self._save_settings()
+        self._start_task(tasks.BackgroundTask(lambda progress, cancelled: client.health(), "health check"),
+                         f"Connecting to {url}...", self._show_health)
+
+    def _show_health(self, health):
+        details = ", ".join(f"{key} {health[key]}" for key in ("version", "variant", "device", "precision") if key in health)
+        self.ui.connectionStatusLabel.text = f"Connected: {details}" if details else "Connected."
+        self.ui.statusLabel.text = ""
+
+    def _local_server_settings(self):
+        return server_process.ServerSettings(
+            python=self.ui.pythonPathLineEdit.currentPath.strip(), port=int(self.ui.portSpinBox.value),
+            variant=self.ui.variantComboBox.currentData, checkpoint=self.ui.checkpointPathLineEdit.currentPath.strip() or None,
+            device=self.ui.deviceComboBox.currentData, token=self.ui.serverTokenLineEdit.text.strip() or None)
+
+    def onStartLocalServer(self):
+        if self._task is not None:
+            return
+        if self._local_server is not None and self._local_server.is_running():
+            self.ui.serverStateLabel.text = f"Running at {self._local_server.url} (process {self._local_server.pid})."
+            return
+        try:
+            server = server_process.LocalServer(self._local_server_settings())
+            server.start(environment=self._startup_environment())
+        except Exception as error:  # noqa: BLE001
+            self._show_error("Cannot start the server", error)
+            return
+        self._local_server = server
+        self._save_settings()
+        self.ui.serverUrlLineEdit.text = server.url
+        work = lambda progress, cancelled: server.wait_until_ready(timeout=300.0, cancel=cancelled)  # noqa: E731
+        self._start_task(tasks.BackgroundTask(work, "server start"),
+                         f"Starting the server (process {server.pid}); the first start loads the model...",
+                         lambda health: self._local_server_ready(server, health))
+
+    @staticmethod
+    def _startup_environment():
+        """The environment Slicer was started with, without its launcher's library and Python paths."""
+        try:
+            return dict(slicer.util.startupEnvironment())
+        except Exception:  # noqa: BLE001 - without it, server_environment() still strips Slicer's Python
+            return dict(os.environ)
+
+    def _local_server_ready(self, server, health):
+        self.ui.serverStateLabel.text = f"Running at {server.url} (process {server.pid}); stops with Slicer."
+        self._show_health(health)
+        self.ui.statusLabel.text = "The local server is ready: draw a box and segment."
+
+    def stopLocalServer(self, *_):
+        if self._task is not None and self._task.name == "server start":
+            self._task.cancel()
+            self._discard_message = "The server was stopped before it was ready."
+        if self._local_server is not None:
+            self._local_server.stop()
+            self.logic.forget_sessions(close_on_server=False)
+            self.ui.serverStateLabel.text = "Stopped."
+            self._local_server = None
+        self._update_buttons()
+
+    def onShowServerLog(self):
+        if self._local_server is None:
+            slicer.util.infoDisplay("No local server was started in this session.", windowTitle="MedSAM server log")
+            return
+        slicer.util.infoDisplay(self._local_server.log_tail(40) or "(empty)", windowTitle="MedSAM server log")
+
+    # -- background tasks ----------------------------------------------------------------------
+
+    def _start_task(self, task, message, on_done, on_session_lost=None):
+        self._task = task
+        self._on_task_done = (on_done, on_session_lost)
+        self.ui.statusLabel.text = message
+        self._set_busy(True)
+        task.start()
+        self._timer.start()
+
+    def _poll_task(self):
+        task = self._task
+        if task is None:
+            self._timer.stop()
+            return
+        done, total = task.progress()
+        if total > 0:
+            self.ui.progressBar.setRange(0, total)
+            self.ui.progressBar.setValue(done)
+        if not task.done:
+            return
+        self._timer.stop()
+        self._task = None
+        on_done, on_session_lost = self._on_task_done
+        self._set_busy(False)
+        if self._discard_message is not None:
+            self.ui.statusLabel.text, self._discard_message = self._discard_message, None
+            return
+        try:
+            value = task.result()
+        except SessionLost as error:
+            if on_session_lost is not None:
+                on_session_lost()
+            else:
+                self._show_error("The server lost the image", error)
+            return
+        except Exception as error:  # noqa: BLE001
+            if task.cancel_requested:
+                self.ui.statusLabel.text = "Cancelled; nothing was changed."
+            else:
+                self._show_error(f"{task.name} failed", error)
+            return
+        try:
+            on_done(value)
+        except Exception as error:  # noqa: BLE001
+            self._show_error(f"{task.name} failed", error)
+        self._update_buttons()
+
+    def _set_busy(self, busy):
+        self.ui.progressBar.visible = busy
+        self.ui.cancelButton.visible = busy
+        self.ui.progressBar.setRange(0, 0)  # "working" until the first progress report
+        for keys, shortcut in self._shortcuts:
+            if keys == SHORTCUT_CANCEL:
+                shortcut.setEnabled(busy)  # Escape stays with the views (markups placement) when idle
+        self._update_buttons()
+
+    def _update_buttons(self, *_):
+        if self.logic is None:
+            return
+        idle = self._task is None
+        ready = idle and self.ui.volumeSelector.currentNode() is not None
+        self.ui.segmentSliceButton.enabled = ready
+        self.ui.segment3DButton.enabled = ready
+        self.ui.undoButton.enabled = idle and self.logic.can_undo()
+        self.ui.testConnectionButton.enabled = idle
+        self.ui.startServerButton.enabled = idle
+        running = self._local_server is not None and self._local_server.is_running()
+        self.ui.stopServerButton.enabled = running
+
+    def _show_error(self, title, error):
+        logging.error("MedSAM: %s: %s", title, error)
+        self.ui.statusLabel.text = f"{title}: {error}"
+        slicer.util.errorDisplay(f"{title}:\n{error}", windowTitle="MedSAM")
+
+
+#
+# Test
+#
+
+
+class MedSAMTest(ScriptedLoadableModuleTest):
+    """Self-test inside 3D Slicer: a generated phantom, a stand-in client, no download, no server.
+
+    Checks that a box drawn in RAS lands on the same physical voxels for a volume stored RAS, LPS
+    and with permuted axes, that 'replace' and 'add' merge as documented, and that undo restores the
+    segment. Set MEDSAM_TEST_SERVER=http://host:port to also segment with a real server.
+    """
+
+    def setUp(self):
+        scene = getattr(slicer, "mrmlScene", None)
+        if scene is not None and hasattr(scene, "Clear"):
+            scene.Clear(0)
+
+    def runTest(self):
+        self.setUp()
+        self.test_box_lands_on_the_same_physical_voxels()
+        self.setUp()
+        self.test_merge_modes_and_undo()
+        if os.environ.get("MEDSAM_TEST_SERVER"):
+            self.setUp()
+            self.test_real_server()
+
+    def _scene(self):
+        return getattr(slicer, "mrmlScene", None) or slicer.vtkMRMLScene()
+
+    def test_box_lands_on_the_same_physical_voxels(self):
+        from MedSAMLib.testing import ThresholdClient
+
+        self.delayDisplay("Box on a phantom stored RAS, LPS and with permuted axes")
+        scene = self._scene()
+        logic = MedSAMLogic(scene, consent.ConsentStore.in_memory())
+        logic.consent.grant(DEFAULT_SERVER_URL)
+        masks = []
+        for layout in _PHANTOM_LAYOUTS:
+            volume = _phantom_volume(scene, layout)
+            segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+            roi = _roi(scene, (-10.0, -6.0, -8.0), (14.0, 12.0, 8.0))
+            logic.segment(ThresholdClient(threshold=100.0), volume, segmentation, roi, _axial_view(), ACTION_3D,
+                          server_url=DEFAULT_SERVER_URL)
+            segment_id = segmentation.GetSegmentation().GetNthSegmentID(0)
+            masks.append(_to_ras_order(logic.read_segment(segmentation, segment_id, volume), layout))
+        self.assertGreater(int(masks[0].sum()), 0)
+        for mask in masks[1:]:
+            np.testing.assert_array_equal(mask, masks[0])
+        self.delayDisplay("Same physical voxels in all layouts")
+
+    def test_merge_modes_and_undo(self):
+        from MedSAMLib.testing import ThresholdClient
+
+        self.delayDisplay("Replace, add and undo")
+        scene = self._scene()
+        logic = MedSAMLogic(scene, consent.ConsentStore.in_memory())
+        logic.consent.grant(DEFAULT_SERVER_URL)
+        volume = _phantom_volume(scene, _PHANTOM_LAYOUTS[1])
+        segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+        client = ThresholdClient(threshold=100.0)
+        first = logic.segment(client, volume, segmentation, _roi(scene, (-10.0, -6.0, -8.0), (14.0, 12.0, 8.0)),
+                              _axial_view(), ACTION_3D, server_url=DEFAULT_SERVER_URL)
+        after_first = logic.read_segment(segmentation, first.segment_id, volume)
+        logic.segment(client, volume, segmentation, _roi(scene, (-20.0, -16.0, -4.0), (0.0, 0.0, 4.0)),
+                      _axial_view(), ACTION_3D, segment_id=first.segment_id, merge="add", server_url=DEFAULT_SERVER_URL)
+        after_add = logic.read_segment(segmentation, first.segment_id, volume)
+        self.assertTrue(np.all(after_add >= after_first))
+        self.assertGreater(int(after_add.sum()), int(after_first.sum()))
+        self.assertEqual(len(client.calls), 3)  # one upload, two segmentations
+        logic.undo()
+        np.testing.assert_array_equal(logic.read_segment(segmentation, first.segment_id, volume), after_first)
+        logic.undo()
+        self.assertIsNone(segmentation.GetSegmentation().GetSegment(first.segment_id))
+        self.delayDisplay("Undo restored the segment, then removed the segment it created")
+
+    def test_real_server(self):
+        url = os.environ["MEDSAM_TEST_SERVER"]
+        self.delayDisplay(f"Segmenting with the server at {url}")
+        scene = self._scene()
+        logic = MedSAMLogic(scene, consent.ConsentStore.in_memory())
+        logic.consent.grant(url)
+        volume = _phantom_volume(scene, _PHANTOM_LAYOUTS[0])
+        segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+        client = logic.client_for(url, os.environ.get("MEDSAM_TEST_TOKEN"))
+        result = logic.segment(client, volume, segmentation, _roi(scene, (-10.0, -6.0, -4.0), (14.0, 12.0, 4.0)),
+                               _axial_view(), ACTION_SLICE, server_url=url)
+        self.assertEqual(result.first_slice, result.last_slice)
+        self.delayDisplay(result.summary())
+
+
+# Phantom layouts for the self-test: (permutation of the RAS-ordered array's axes, flips after it).
+_PHANTOM_LAYOUTS = (((0, 1, 2), (False, False, False)),   # RAS
+                    ((0, 1, 2), (True, True, False)),     # LPS
+                    ((2, 0, 1), (False, True, True)))     # permuted and flipped
+
+
+def _phantom_array_ras(shape=(24, 20, 12)) -> np.ndarray:
+    """A bright ellipsoid (200) in a darker body (40) on air (-1000), indexed [i, j, k] in RAS order."""
+    i, j, k = np.meshgrid(*(np.arange(n, dtype=float) for n in shape), indexing="ij")
+    centre = [(n - 1) / 2 for n in shape]
+    body = ((i - centre[0]) / (0.45 * shape[0])) ** 2 + ((j - centre[1]) / (0.45 * shape[1])) ** 2 <= 1
+    organ = (((i - centre[0] - 2) / 5.0) ** 2 + ((j - centre[1] + 1) / 4.0) ** 2 + ((k - centre[2]) / 3.0) ** 2) <= 1
+    values = np.full(shape, -1000.0)
+    values[body] = 40.0
+    values[organ] = 200.0
+    return values.astype(np.int16)
+
+
+def _phantom_volume(scene, layout, spacing=(2.0, 2.0, 3.0)):
+    """The phantom stored in another voxel order with the matching IJK-to-RAS (same physical image)."""
+    permutation, flips = layout
+    array = _phantom_array_ras()
+    ijk_to_ras = np.diag([*spacing, 1.0])
+    ijk_to_ras[:3, 3] = -np.array(spacing) * (np.array(array.shape) - 1) / 2  # centred on RAS 0
+    array = array.transpose(permutation)
+    ijk_to_ras = ijk_to_ras[:, list(permutation) + [3]]
+    for axis, flip in enumerate(flips):
+        if flip:
+            array = np.flip(array, axis)
+            ijk_to_ras[:3, 3] += ijk_to_ras[:3, axis] * (array.shape[axis] - 1)
+            ijk_to_ras[:3, axis] *= -1
+    volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
+    image = vtk.vtkImageData()
+    image.SetDimensions(*array.shape)
+    image.AllocateScalars(vtk.VTK_SHORT, 1)
+    numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] = np.ascontiguousarray(array.transpose(2, 1, 0)).ravel()
+    volume.SetAndObserveImageData(image)
+    volume.SetIJKToRASMatrix(_matrix_from_array(ijk_to_ras))
+    return volume
+
+
+def _to_ras_order(mask_kji, layout):
+    """A [k, j, i] mask of a phantom layout back in the RAS-ordered phantom's [i, j, k] order."""
+    permutation, flips = layout
+    mask = mask_kji.transpose(2, 1, 0)
+    for axis, flip in enumerate(flips):
+        if flip:
+            mask = np.flip(mask, axis)
+    return mask.transpose(np.argsort(permutation))
+
+
+def _roi(scene, low, high):
+    roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode")
+    roi.SetCenter(*((np.array(low) + np.array(high)) / 2))
+    roi.SetSize(*(np.array(high) - np.array(low)))
+    return roi
+
+
+def _axial_view() -> np.ndarray:
+    """SliceToRAS of Slicer's Red (axial) view through RAS 0."""
+    return np.array([[-1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 1.0, 0], [0, 0, 0, 1.0]])

@@ -1,0 +1,458 @@
+"""The module's Widget driven without Qt: stand-in widgets built from the .ui file, real MRML nodes.
+
+Qt, CTK and the Slicer application do not exist outside 3D Slicer, so these tests replace the
+widgets by small Python objects with the same names, properties and signals (one per widget in
+MedSAM.ui, so the code can only use what the .ui defines), the timer by explicit polls, and the
+dialogs by recorders. They check the panel's own logic: what is asked and when, what is shown,
+that work runs in a BackgroundTask and is applied on the "main thread", that undo and shortcuts
+reach the Logic. How the real Qt widgets look and behave is not tested here.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+import time
+import types
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+slicer = pytest.importorskip("slicer", reason="needs the slicer-core package (Linux, Python 3.11)")
+
+MODULE_DIR = Path(__file__).resolve().parents[1] / "slicer_extension" / "MedSAM"
+sys.path.insert(0, str(MODULE_DIR))
+
+import MedSAM  # noqa: E402
+from MedSAMLib.testing import ThresholdClient  # noqa: E402
+from test_slicer_logic import BOX_HIGH, BOX_LOW, LAYOUTS, VIEWS, add_volume, layout_of, phantom_ras  # noqa: E402
+
+
+def accepted_arguments(slot, offered):
+    """As PythonQt does: a Python slot taking fewer arguments than the signal gets the first ones."""
+    parameters = inspect.signature(slot).parameters.values()
+    if any(p.kind == p.VAR_POSITIONAL for p in parameters):
+        return offered
+    return min(offered, sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in parameters))
+
+
+class Widget:
+    """A stand-in for any Qt widget: properties as attributes, signals as lists of slots."""
+
+    def __init__(self, name, cls):
+        self.name, self.cls = name, cls
+        self.enabled = True
+        self.visible = True
+        self.toolTip = ""
+        self.text = ""
+        self.value = 0.0
+        self.currentPath = ""
+        self._slots = {}
+
+    def connect(self, signal, slot):
+        self._slots.setdefault(signal, []).append(slot)
+
+    def emit(self, signal, *args):
+        for slot in self._slots.get(signal, []):
+            slot(*args[:accepted_arguments(slot, len(args))])
+
+    def setMRMLScene(self, scene):
+        self.scene = scene
+
+    # QProgressBar
+    def setRange(self, low, high):
+        self.range = (low, high)
+
+    def setValue(self, value):
+        self.value = value
+
+
+class ComboBox(Widget):
+    def __init__(self, name, cls):
+        super().__init__(name, cls)
+        self.items, self.currentIndex, self._blocked = [], -1, False
+
+    def clear(self):
+        self.items, self.currentIndex = [], -1
+
+    def addItem(self, text, data=None):
+        self.items.append((text, data))
+        if self.currentIndex < 0:
+            self.setCurrentIndex(0)
+
+    def findData(self, data):
+        return next((n for n, (_, d) in enumerate(self.items) if d == data), -1)
+
+    def setCurrentIndex(self, index):
+        self.currentIndex = index
+        if not self._blocked:
+            self.emit("currentIndexChanged(int)", index)
+
+    def blockSignals(self, blocked):
+        was, self._blocked = self._blocked, blocked
+        return was
+
+    @property
+    def count(self):
+        return len(self.items)
+
+    @property
+    def currentData(self):
+        return self.items[self.currentIndex][1] if 0 <= self.currentIndex < len(self.items) else None
+
+
+class NodeComboBox(Widget):
+    def __init__(self, name, cls):
+        super().__init__(name, cls)
+        self._node = None
+
+    def currentNode(self):
+        return self._node
+
+    def setCurrentNode(self, node):
+        self._node = node
+        self.emit("currentNodeChanged(vtkMRMLNode*)", node)
+
+
+class PlaceWidget(Widget):
+    def setCurrentNode(self, node):
+        self.node = node
+
+
+def widgets_from_ui():
+    classes = {"QComboBox": ComboBox, "qMRMLNodeComboBox": NodeComboBox, "qSlicerMarkupsPlaceWidget": PlaceWidget}
+    root = ET.parse(MODULE_DIR / "Resources" / "UI" / "MedSAM.ui").getroot()
+    return {w.get("name"): classes.get(w.get("class"), Widget)(w.get("name"), w.get("class")) for w in root.iter("widget")}
+
+
+class FakeQt(types.SimpleNamespace):
+    pass
+
+
+def fake_qt(settings):
+    class QSettings:
+        def value(self, key, default=None):
+            return settings.get(key, default)
+
+        def setValue(self, key, value):
+            settings[key] = value
+
+    class QTimer(Widget):
+        def __init__(self):
+            super().__init__("timer", "QTimer")
+            self.active = False
+
+        def setInterval(self, msec):
+            self.interval = msec
+
+        def start(self):
+            self.active = True
+
+        def stop(self):
+            self.active = False
+
+    class QKeySequence:
+        Undo = "Ctrl+Z"
+
+        def __init__(self, keys):
+            self.keys = keys
+
+    class QShortcut(Widget):
+        made = []
+
+        def __init__(self, sequence, parent):
+            super().__init__(sequence.keys, "QShortcut")
+            QShortcut.made.append(self)
+
+        def setEnabled(self, enabled):
+            self.enabled = enabled
+
+        def disconnect(self, signal):
+            self._slots.pop(signal, None)
+
+        def setParent(self, parent):
+            self.parent = parent
+
+    return FakeQt(QSettings=QSettings, QTimer=QTimer, QKeySequence=QKeySequence, QShortcut=QShortcut)
+
+
+class Dialogs:
+    def __init__(self):
+        self.questions, self.errors, self.infos, self.answer = [], [], [], True
+
+    def confirm(self, text, windowTitle=None, **kwargs):
+        self.questions.append(text)
+        return self.answer
+
+    def error(self, text, windowTitle=None, **kwargs):
+        self.errors.append(text)
+
+    def info(self, text, windowTitle=None, **kwargs):
+        self.infos.append(text)
+
+
+@pytest.fixture
+def panel(monkeypatch):
+    """A MedSAMWidget set up on a fresh scene with stand-in Qt, dialogs and slice views."""
+    scene = slicer.vtkMRMLScene()
+    settings, dialogs, ui = {}, Dialogs(), widgets_from_ui()
+    slice_nodes = {}
+    for name, orientation in (("Red", "axial"), ("Yellow", "sagittal"), ("Green", "coronal")):
+        node = scene.AddNewNodeByClass("vtkMRMLSliceNode")
+        node.SetName(name)
+        node.GetSliceToRAS().DeepCopy(MedSAM._matrix_from_array(VIEWS[orientation]))
+        slice_nodes[name] = node
+    layout_manager = types.SimpleNamespace(
+        sliceViewNames=lambda: list(slice_nodes),
+        sliceWidget=lambda name: types.SimpleNamespace(mrmlSliceNode=lambda: slice_nodes[name]) if name in slice_nodes else None)
+    app = types.SimpleNamespace(layoutManager=lambda: layout_manager, connect=lambda signal, slot: None)
+
+    class BaseWidget:
+        """What ScriptedLoadableModuleWidget provides (reached through the module's global name)."""
+
+        def __init__(self, parent=None):
+            self.parent = parent
+
+        def setup(self):
+            self.layout = types.SimpleNamespace(addWidget=lambda widget: None)
+            self.resourcePath = lambda relative: str(MODULE_DIR / "Resources" / relative)
+
+    monkeypatch.setattr(MedSAM, "qt", fake_qt(settings))
+    monkeypatch.setattr(MedSAM, "ScriptedLoadableModuleWidget", BaseWidget)
+    monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
+    monkeypatch.setattr(slicer, "app", app, raising=False)
+    monkeypatch.setattr(slicer.util, "loadUI", lambda path: types.SimpleNamespace(setMRMLScene=lambda s: None))
+    monkeypatch.setattr(slicer.util, "childWidgetVariables", lambda widget: types.SimpleNamespace(**ui))
+    monkeypatch.setattr(slicer.util, "confirmYesNoDisplay", dialogs.confirm)
+    monkeypatch.setattr(slicer.util, "errorDisplay", dialogs.error)
+    monkeypatch.setattr(slicer.util, "infoDisplay", dialogs.info)
+    monkeypatch.setattr(slicer.util, "mainWindow", lambda: None)
+    widget = MedSAM.MedSAMWidget()
+    widget.setup()
+    client = ThresholdClient(MedSAM_THRESHOLD)
+    widget.logic.client_for = lambda url, token=None, timeout=600.0: client
+    widget.enter()
+    volume = add_volume(scene, *layout_of(phantom_ras(), LAYOUTS["permuted"]))
+    ui["volumeSelector"].setCurrentNode(volume)
+    roi = ui["roiSelector"].currentNode()
+    roi.SetCenter(*((np.array(BOX_LOW) + np.array(BOX_HIGH)) / 2))
+    roi.SetSize(*(np.array(BOX_HIGH) - np.array(BOX_LOW)))
+    ui["sliceViewComboBox"].setCurrentIndex(ui["sliceViewComboBox"].findData("Red"))
+    yield types.SimpleNamespace(widget=widget, ui=types.SimpleNamespace(**ui), scene=scene, volume=volume, roi=roi,
+                                client=client, dialogs=dialogs, settings=settings, slice_nodes=slice_nodes)
+    if widget._task is not None:
+        widget._task.wait(30)
+    widget.cleanup()  # removes the VTK observers before the scene goes
+
+
+MedSAM_THRESHOLD = 100.0
+
+
+def finish(panel):
+    """What the timer does: poll until the task is done (the work runs in its own thread)."""
+    task = panel.widget._task
+    assert task is not None, "no task was started"
+    assert panel.widget._timer.active and panel.ui.cancelButton.visible and not panel.ui.segment3DButton.enabled
+    assert task.wait(30)
+    panel.widget._poll_task()
+    assert panel.widget._task is None and not panel.widget._timer.active
+
+
+def segments(panel):
+    node = panel.ui.segmentationSelector.currentNode()
+    segmentation = node.GetSegmentation()
+    return [segmentation.GetSegment(segmentation.GetNthSegmentID(n)).GetName()
+            for n in range(segmentation.GetNumberOfSegments())]
+
+
+def test_the_panel_segments_asks_once_and_undoes(panel):
+    ui = panel.ui
+    assert ui.modalityComboBox.currentData == "ct"  # guessed from the air in the volume
+    assert ui.segmentComboBox.currentData == "" and ui.newSegmentNameLineEdit.enabled  # "New segment"
+    ui.newSegmentNameLineEdit.text = "liver"
+    ui.segment3DButton.emit("clicked(bool)", True)
+    assert len(panel.dialogs.questions) == 1 and "127.0.0.1:8123" in panel.dialogs.questions[0]
+    finish(panel)
+    assert panel.dialogs.errors == []
+    assert segments(panel) == ["liver"]
+    assert ui.statusLabel.text.startswith("Segment 'liver':") and "axial slices" in ui.statusLabel.text
+    assert ui.segmentComboBox.items[ui.segmentComboBox.currentIndex][0] == "liver"  # later runs go there
+    assert ui.undoButton.enabled and not ui.cancelButton.visible
+    assert panel.settings["MedSAM/ServerURL"] == "http://127.0.0.1:8123"
+    assert "MedSAM/ConsentedServers" in panel.settings
+
+    ui.mergeComboBox.setCurrentIndex(ui.mergeComboBox.findData("add"))
+    ui.segmentSliceButton.emit("clicked(bool)", True)
+    finish(panel)
+    assert len(panel.dialogs.questions) == 1  # agreed once for this server
+    assert segments(panel) == ["liver"]
+    kinds = [call[0] for call in panel.client.calls]
+    assert kinds == ["create_session", "segment", "segment"]
+    assert panel.client.calls[-1][4] is False  # slice: no propagation
+
+    undo = next(s for s in MedSAM.qt.QShortcut.made if s.name == "Ctrl+Z")
+    undo.emit("activated()")
+    assert ui.statusLabel.text.startswith("Undone: MedSAM slice")
+    ui.undoButton.emit("clicked(bool)", True)
+    assert segments(panel) == [] and not ui.undoButton.enabled
+    ui.undoButton.emit("clicked(bool)", True)
+    assert panel.dialogs.errors == []
+
+
+def test_shortcuts_are_installed_while_the_module_is_shown(panel):
+    made = MedSAM.qt.QShortcut.made
+    active = {s.name: s for s in made if s._slots}
+    assert set(active) == {MedSAM.SHORTCUT_SEGMENT_SLICE, MedSAM.SHORTCUT_SEGMENT_3D, "Ctrl+Z", MedSAM.SHORTCUT_CANCEL}
+    assert not active[MedSAM.SHORTCUT_CANCEL].enabled  # Escape belongs to the views while idle
+    active[MedSAM.SHORTCUT_SEGMENT_3D].emit("activated()")
+    assert active[MedSAM.SHORTCUT_CANCEL].enabled
+    finish(panel)
+    assert not active[MedSAM.SHORTCUT_CANCEL].enabled
+    panel.widget.exit()
+    assert all(not s._slots for s in made)
+
+
+def test_declining_sends_nothing(panel):
+    panel.dialogs.answer = False
+    panel.ui.segment3DButton.emit("clicked(bool)", True)
+    assert panel.widget._task is None and panel.client.calls == []
+    assert "Nothing was sent" in panel.ui.statusLabel.text
+    assert panel.ui.segmentationSelector.currentNode().GetSegmentation().GetNumberOfSegments() == 0
+
+
+def test_problems_end_in_a_message_and_change_nothing(panel):
+    panel.roi.SetSize(0, 0, 10)
+    panel.ui.segment3DButton.emit("clicked(bool)", True)
+    assert panel.widget._task is None
+    assert len(panel.dialogs.errors) == 1 and "has no area" in panel.dialogs.errors[0]
+    assert panel.dialogs.questions == []  # nothing to send yet, so nothing asked
+
+    panel.roi.SetSize(*(np.array(BOX_HIGH) - np.array(BOX_LOW)))
+    panel.client.fail_on_segment = RuntimeError("server error 503: busy")
+    panel.ui.segment3DButton.emit("clicked(bool)", True)
+    finish(panel)
+    assert "server error 503: busy" in panel.dialogs.errors[-1]
+    assert panel.ui.segmentationSelector.currentNode().GetSegmentation().GetNumberOfSegments() == 0
+    assert not panel.ui.undoButton.enabled
+
+
+def test_cancel_stops_the_work_and_writes_nothing(panel):
+    from MedSAMLib.client import Cancelled
+
+    def segment_until_cancelled(session_id, box_ijk, axis="axial", propagate=True, points=None, progress=None,
+                                cancel=None, **kwargs):
+        progress(1, 5)
+        while not cancel():  # the server working on slice 2 of 5
+            time.sleep(0.01)
+        raise Cancelled("segmentation cancelled")
+
+    panel.client.segment = segment_until_cancelled
+    panel.ui.segment3DButton.emit("clicked(bool)", True)
+    task = panel.widget._task
+    while task.progress() != (1, 5):
+        time.sleep(0.01)
+    panel.widget._poll_task()  # a timer tick: shows the progress, the task goes on
+    assert panel.ui.progressBar.range == (0, 5) and panel.ui.progressBar.value == 1 and not task.done
+    escape = next(s for s in MedSAM.qt.QShortcut.made if s.name == MedSAM.SHORTCUT_CANCEL and s._slots)
+    escape.emit("activated()")
+    finish(panel)
+    assert panel.ui.statusLabel.text == "Cancelled; nothing was changed."
+    assert panel.dialogs.errors == [] and not panel.widget.logic.can_undo()
+    assert panel.ui.segmentationSelector.currentNode().GetSegmentation().GetNumberOfSegments() == 0
+
+
+def test_the_view_under_the_mouse_sets_the_axis(panel):
+    crosshair = panel.scene.AddNewNodeByClass("vtkMRMLCrosshairNode")
+    crosshair.SetCursorPositionXYZ([10.0, 10.0, 0.0], panel.slice_nodes["Green"])
+    panel.ui.sliceViewComboBox.setCurrentIndex(panel.ui.sliceViewComboBox.findData(""))
+    panel.ui.segment3DButton.emit("clicked(bool)", True)
+    finish(panel)
+    assert panel.client.calls[-1][3] == "coronal"
+    assert "coronal slices" in panel.ui.statusLabel.text
+
+
+def test_test_connection_shows_the_server(panel):
+    panel.ui.testConnectionButton.emit("clicked(bool)", True)
+    finish(panel)
+    assert panel.ui.connectionStatusLabel.text == "Connected: version test, variant threshold, device none"
+    panel.ui.serverUrlLineEdit.text = "not a url"
+    panel.ui.testConnectionButton.emit("clicked(bool)", True)
+    assert "server address" in panel.dialogs.errors[-1]
+
+
+def test_forget_agreement_asks_again(panel):
+    panel.ui.segment3DButton.emit("clicked(bool)", True)
+    finish(panel)
+    panel.ui.forgetConsentButton.emit("clicked(bool)", True)
+    assert "asked again" in panel.ui.connectionStatusLabel.text
+    panel.ui.segment3DButton.emit("clicked(bool)", True)
+    finish(panel)
+    assert len(panel.dialogs.questions) == 2
+
+
+def test_closing_the_scene_drops_a_running_result_and_the_history(panel):
+    panel.ui.segment3DButton.emit("clicked(bool)", True)
+    finish(panel)
+    assert panel.widget.logic.can_undo()
+    panel.ui.segment3DButton.emit("clicked(bool)", True)
+    panel.widget.onSceneStartClose(None, None)
+    finish(panel)
+    assert panel.ui.statusLabel.text == "The scene was closed; the result was discarded."
+    assert not panel.widget.logic.can_undo()
+
+
+def test_starting_a_local_server_needs_a_python(panel):
+    panel.ui.pythonPathLineEdit.currentPath = ""
+    panel.ui.startServerButton.emit("clicked(bool)", True)
+    assert "choose the Python" in panel.dialogs.errors[-1]
+    assert panel.widget._task is None
+
+
+def test_a_server_that_lost_the_image_gets_it_again_once(panel):
+    panel.ui.segment3DButton.emit("clicked(bool)", True)
+    finish(panel)
+    panel.client.forget_all_sessions()  # the server restarted
+    panel.ui.segment3DButton.emit("clicked(bool)", True)
+    lost = panel.widget._task
+    assert lost.wait(30)
+    panel.widget._poll_task()  # fails with the lost session and starts the retry at once
+    assert panel.widget._task is not None and panel.widget._task is not lost
+    finish(panel)
+    assert panel.dialogs.errors == []
+    assert [c[0] for c in panel.client.calls].count("create_session") == 2
+    assert panel.ui.statusLabel.text.startswith("Segment 'MedSAM':")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="uses a shell-script launcher")
+def test_the_local_server_is_started_shown_and_stopped(panel, tmp_path, monkeypatch):
+    from test_slicer_lib import FAKE_SERVER
+
+    from MedSAMLib import server_process
+
+    script = tmp_path / "fake_server.py"
+    script.write_text(FAKE_SERVER)
+    launcher = tmp_path / "python"
+    launcher.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{script}" "$@"\n')
+    launcher.chmod(0o755)
+    environment = {"PATH": "/usr/bin:/bin", "FAKE_RECORD": str(tmp_path / "record.json"), "PYTHONHOME": "/slicer"}
+    monkeypatch.setattr(slicer.util, "startupEnvironment", lambda: environment, raising=False)
+    panel.ui.pythonPathLineEdit.currentPath = str(launcher)
+    panel.ui.portSpinBox.value = server_process.free_port()
+    panel.ui.variantComboBox.setCurrentIndex(panel.ui.variantComboBox.findData("tiny"))
+    panel.ui.startServerButton.emit("clicked(bool)", True)
+    assert "Starting the server" in panel.ui.statusLabel.text
+    finish(panel)
+    assert panel.dialogs.errors == []
+    assert panel.ui.serverStateLabel.text.startswith("Running at http://127.0.0.1:")
+    assert panel.ui.serverUrlLineEdit.text == panel.widget._local_server.url
+    assert panel.ui.connectionStatusLabel.text == "Connected: variant fake"
+    assert panel.ui.stopServerButton.enabled
+    assert panel.settings["MedSAM/ServerPython"] == str(launcher)
+    panel.ui.showServerLogButton.emit("clicked(bool)", True)
+    assert "fake server starting" in panel.dialogs.infos[-1]
+    server = panel.widget._local_server
+    panel.ui.stopServerButton.emit("clicked(bool)", True)
+    assert not server.is_running() and panel.ui.serverStateLabel.text == "Stopped."
+    assert not panel.ui.stopServerButton.enabled
