@@ -67,6 +67,10 @@ def ct_phantom(shape: tuple[int, int, int] = (96, 80, 40), spacing: tuple[float,
 # random phantoms
 # --------------------------------------------------------------------------------------------
 
+# In-plane neighbours only: the rim between organs is measured within each slice.
+_IN_PLANE = np.zeros((3, 3, 3), dtype=bool)
+_IN_PLANE[:, :, 1] = ndimage.generate_binary_structure(2, 1)
+
 # (name, HU range) of the organs a random phantom draws from.
 ORGAN_HU: tuple[tuple[str, tuple[float, float]], ...] = (
     ("liver", (100.0, 120.0)),
@@ -85,8 +89,8 @@ def random_ct_phantom(
 ) -> Phantom:
     """A random abdomen-like CT phantom (see the module docstring); same arguments, same phantom.
 
-    Labels are 1..N (N in 2..``max_organs``), one per organ, named in ``organ_names``; a later
-    organ overwrites an earlier one where they touch, and every organ keeps at least 200 voxels
+    Labels are 1..N (N in 2..``max_organs``), one per organ, named in ``organ_names``. Organs do
+    not touch (two voxels of tissue between them in-plane) and each has at least 200 voxels
     (fewer in small volumes). ``shape`` (x, y, z voxels before the random storage order) and
     ``spacing`` (mm) replace the random ones, e.g. for small test volumes.
     """
@@ -100,19 +104,21 @@ def random_ct_phantom(
     world = _world_coordinates(shape, spacing)
     hu, body = _body(world, shape, spacing, rng)
     labels = np.zeros(shape, dtype=np.uint8)
+    near_organs = np.zeros(shape, dtype=bool)
     names: dict[int, str] = {}
     wanted = int(rng.integers(2, max_organs + 1))
-    for _ in range(20):  # enough attempts to place the organs in almost every body
+    for _ in range(40):  # enough attempts to place the organs in almost every body
         if len(names) == wanted:
             break
         name, (lo, hi) = ORGAN_HU[int(rng.integers(len(ORGAN_HU)))]
-        mask = _organ_mask(world, body, shape, spacing, rng) & (labels == 0)
-        if mask.sum() < min_voxels:
-            continue
+        mask = _organ_mask(world, body, shape, spacing, rng)
+        if mask.sum() < min_voxels or (mask & near_organs).any():
+            continue  # organs keep a rim of soft tissue between them, as separate structures do
         value = len(names) + 1
         labels[mask] = value
         hu[mask] = rng.uniform(lo, hi)
         names[value] = name
+        near_organs |= ndimage.binary_dilation(mask, structure=_IN_PLANE, iterations=2)
     if len(names) < 2:
         return random_ct_phantom(seed + 1_000_003, max_organs, shape, spacing)  # rare: too small a body for two organs
     hu = _acquisition(hu, spacing, rng)

@@ -1,0 +1,105 @@
+"""The network as MedSAM trains it: (images, boxes) -> mask logits at the 1024 input size.
+
+:class:`MedSAMTrainNet` is a :class:`~medsam_monai.networks.Sam` (it shares the given model's
+modules) whose ``forward`` is MedSAM's training forward. Its ``state_dict`` has exactly the
+original SAM key names, so whatever saves it (MONAI's ``CheckpointSaver``, DDP, plain
+``torch.save``) writes a file that :func:`medsam_monai.build_sam` and ``medsam segment
+--checkpoint`` load as they are.
+"""
+
+from __future__ import annotations
+
+import logging
+from os import PathLike
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..checkpoints import build_sam
+from ..networks import Sam
+from ..networks import image_encoder as _image_encoder
+
+logger = logging.getLogger(__name__)
+
+
+class MedSAMTrainNet(Sam):
+    """MedSAM's training model: image encoder and mask decoder trained, prompt encoder frozen.
+
+    ``forward(images, boxes)``: images (B, 1 or 3, 1024, 1024) prepared slices (one channel is
+    repeated to three), boxes (B * K, 4) in the 1024 frame, K consecutive boxes per image (K = 1 in
+    MedSAM) -> (B * K, 1, 1024, 1024) logits: the decoder's 256x256 low-res logits (mask token 0,
+    ``multimask_output=False``) upsampled bilinearly to the input size, where MedSAM's
+    ``train_one_gpu.py`` computes its loss against the 1024 ground truth.
+    """
+
+    def __init__(self, sam: Sam, freeze_prompt_encoder: bool = True) -> None:
+        super().__init__(sam.image_encoder, sam.prompt_encoder, sam.mask_decoder, variant=sam.variant)
+        if freeze_prompt_encoder:
+            self.prompt_encoder.requires_grad_(False)
+        enable_encoder_training()
+
+    def forward(self, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        if images.ndim != 4 or images.shape[1] not in (1, 3):
+            raise ValueError(f"expected images (B, 1 or 3, H, W), got {tuple(images.shape)}")
+        if images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)
+        boxes = boxes.reshape(-1, 4).to(images.dtype)
+        if boxes.shape[0] % images.shape[0]:
+            raise ValueError(f"{boxes.shape[0]} boxes for {images.shape[0]} images: need K boxes per image")
+        logits, _ = self.decode(self.encode_image(images), boxes=boxes, multimask_output=False)
+        return F.interpolate(logits.float(), size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        """What the optimizer updates: image encoder and mask decoder (MedSAM's ``img_mask_encdec_params``)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+
+def load_sam(variant: str = "vit_b", checkpoint: str | PathLike[str] | None = None) -> Sam:
+    """The starting model: ``variant`` with ``checkpoint`` (any format the loader knows) or random weights.
+
+    ``checkpoint`` None (``null`` in a config) trains from scratch, with a warning.
+    """
+    if checkpoint is None:
+        logger.warning("no ckpt_path: training %s from random weights", variant)
+    elif not Path(checkpoint).exists():
+        raise FileNotFoundError(
+            f"starting weights {checkpoint} not found: fetch MedSAM with `python -m monai.bundle download_large_files "
+            "--bundle_path .` (or `medsam download medsam_vit_b`), or pass --ckpt_path; '$None' trains from random weights"
+        )
+    return build_sam(variant, checkpoint).train()
+
+
+def train_net(variant: str = "vit_b", checkpoint: str | PathLike[str] | None = None,
+              freeze_prompt_encoder: bool = True) -> MedSAMTrainNet:
+    """:func:`load_sam` wrapped as :class:`MedSAMTrainNet` (the bundle's ``network_def``)."""
+    return MedSAMTrainNet(load_sam(variant, checkpoint), freeze_prompt_encoder)
+
+
+# --------------------------------------------------------------------------------------------
+# differentiable attention on CPU
+# --------------------------------------------------------------------------------------------
+
+_inference_attention = _image_encoder.attention_with_rel_pos
+
+
+def _attention_with_autograd(q, k, v, rel_h, rel_w):
+    """The encoder's attention, through ``scaled_dot_product_attention`` when gradients are needed.
+
+    The encoder's CPU attention is tuned for inference: it writes scores into a reused buffer with
+    ``out=`` arguments, which autograd refuses. The SDPA path (the one CUDA always takes) computes
+    the same values and is differentiable; inference keeps the fast path.
+    """
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, rel_h, rel_w)):
+        return _image_encoder._sdpa_with_rel_pos(q, k, v, rel_h, rel_w)
+    return _inference_attention(q, k, v, rel_h, rel_w)
+
+
+def enable_encoder_training() -> None:
+    """Let the image encoder train on CPU (see :func:`_attention_with_autograd`); idempotent.
+
+    To be retired when ``networks.image_encoder.attention_with_rel_pos`` takes the SDPA path
+    itself whenever gradients are required.
+    """
+    if _image_encoder.attention_with_rel_pos is _inference_attention:
+        _image_encoder.attention_with_rel_pos = _attention_with_autograd
