@@ -26,6 +26,11 @@ from .networks import SAM_VARIANTS, Sam, build_sam_variant
 
 StateDict = dict[str, torch.Tensor]
 
+# The `tiny` model trained on synthetic CT phantoms by `python -m medsam_monai.training.demo_model`,
+# shipped inside the package: the default weights of `--variant tiny` and of `medsam demo`. It knows
+# phantoms, not anatomy.
+TINY_DEMO_CHECKPOINT = Path(__file__).resolve().parent / "data" / "medsam_tiny_demo.safetensors"
+
 ROOTS = ("image_encoder.", "prompt_encoder.", "mask_decoder.")
 HF_ROOTS = ("vision_encoder.", "prompt_encoder.", "mask_decoder.", "shared_image_embedding.")
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")

@@ -7,7 +7,6 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
 
 from . import __version__
 
@@ -69,7 +68,7 @@ def _terminal_progress(label: str) -> Callable[[int, int], None] | None:
 def _load_predictor(args: argparse.Namespace):
     import torch
 
-    from .checkpoints import build_sam
+    from .checkpoints import TINY_DEMO_CHECKPOINT, build_sam
     from .download import fetch_weights, terminal_progress
     from .predictor import MedSAMPredictor
 
@@ -77,7 +76,9 @@ def _load_predictor(args: argparse.Namespace):
         raise UserError(f"device {args.device!r} asked for, but torch sees no CUDA GPU; use --device cpu")
     checkpoint = args.checkpoint
     if checkpoint is None and args.variant == "tiny":
-        print("medsam: note: the tiny model with RANDOM weights (no --checkpoint): masks are not meaningful", file=sys.stderr)
+        checkpoint = TINY_DEMO_CHECKPOINT
+        print("medsam: note: the tiny demo model, trained on synthetic CT phantoms only: not for real images",
+              file=sys.stderr)
     elif checkpoint is None:
         checkpoint = fetch_weights(DEFAULT_WEIGHTS[args.variant], progress=terminal_progress())
     model = build_sam(args.variant, checkpoint, device=args.device)
@@ -134,26 +135,30 @@ def _write_preview(path, volume, intensities, labels, objects, axis) -> None:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .io import write_label_volume, write_volume
-    from .phantom import ct_phantom
+    from .phantom import demo_phantom, label_box
     from .segment import VoxelBox, normalized_volume, segment_volume
 
     out_dir = Path(args.out_dir)
-    phantom = ct_phantom()
+    phantom = demo_phantom()
     args.variant = "tiny"
     predictor = _load_predictor(args)
-    objects = [VoxelBox(phantom.organ_box, label=1)]
+    objects = [VoxelBox(label_box(phantom.labels, value), label=value) for value in sorted(phantom.organ_names)]
     intensities = normalized_volume(phantom.volume, "ct")
     labels = segment_volume(predictor, phantom.volume, objects, axis="axial", intensities=intensities,
                             progress=_terminal_progress("demo"))
     write_volume(out_dir / "demo_image.nii.gz", phantom.volume.array, phantom.volume.affine)
-    write_label_volume(out_dir / "demo_mask.nii.gz", labels, phantom.volume.affine)
+    write_label_volume(out_dir / "demo_mask.nii.gz", labels, phantom.volume.affine, segment_names=phantom.organ_names)
     _write_preview(out_dir / "demo_preview.png", phantom.volume, intensities, labels, objects, "axial")
-    truth = phantom.labels > 0
-    found = labels > 0
-    dice = 2 * (truth & found).sum() / max(truth.sum() + found.sum(), 1)
-    print(f"demo: phantom {phantom.volume.shape}, box {phantom.organ_box}; wrote {out_dir}/demo_mask.nii.gz, "
-          f"demo_image.nii.gz, demo_preview.png; Dice against the phantom's organ: {dice:.3f}")
+    scores = ", ".join(f"{name} {_dice(phantom.labels == value, labels == value):.3f}"
+                       for value, name in sorted(phantom.organ_names.items()))
+    print(f"demo: CT phantom {phantom.volume.shape}, one box per organ from its label; wrote {out_dir}/demo_mask.nii.gz, "
+          f"demo_image.nii.gz, demo_preview.png; Dice against the phantom's organs: {scores}")
     return 0
+
+
+def _dice(truth, found) -> float:
+    total = int(truth.sum() + found.sum())
+    return 1.0 if total == 0 else 2.0 * float((truth & found).sum()) / total
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -212,11 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo",
         help="segment an embedded synthetic CT phantom (offline)",
-        description="Generate a synthetic CT-like phantom, segment its organ from a box with the tiny model, "
-        "and write the image, the mask and a preview PNG.",
+        description="Generate a synthetic CT-like phantom, segment each of its organs in 3D from a box with the "
+        "packaged tiny model, and write the image, the mask and a preview PNG, with the Dice of each organ.",
     )
     demo.add_argument("--out-dir", default="medsam_demo", help="where to write (default ./medsam_demo)")
-    demo.add_argument("--checkpoint", default=None, help="tiny weights (default: random, said plainly)")
+    demo.add_argument("--checkpoint", default=None, help="tiny weights (default: the packaged demo model, trained on phantoms)")
     demo.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     demo.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="fp32 (exact) or bf16 (faster)")
     demo.set_defaults(func=_cmd_demo)
@@ -228,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", default=None,
-                        help="weights in any supported format (default: the official weights of --variant, downloaded once into the cache, hash checked)")
+                        help="weights in any supported format (default: the official weights of --variant, downloaded once into "
+                        "the cache, hash checked; for tiny, the packaged demo model trained on phantoms)")
     parser.add_argument("--variant", default="vit_b", choices=["vit_b", "vit_l", "vit_h", "tiny"], help="network (default vit_b = MedSAM)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="fp32 (exact) or bf16 (faster)")

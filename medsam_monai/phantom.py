@@ -2,6 +2,8 @@
 data of the ``tiny`` demo model.
 
 - :func:`ct_phantom`: one fixed abdomen-like volume with a labelled liver-like organ (label 1).
+- :func:`demo_phantom`: the phantom of ``medsam demo``: a random one with a seed that the
+  ``tiny`` demo model's training, validation and test phantoms do not use.
 - :func:`random_ct_phantom`: a random one: a body of fat and muscle, a spine, and two to four
   labelled "organs" (rotated ellipsoids with bumpy surfaces) with contrast-enhanced CT values,
   partial-volume blur and noise, random size, spacing and storage orientation (axis order and
@@ -61,6 +63,14 @@ def ct_phantom(shape: tuple[int, int, int] = (96, 80, 40), spacing: tuple[float,
     labels = organ.astype(np.uint8)
     return Phantom(Volume(hu.astype(np.int16), affine, source="phantom"), labels, label_box(labels, 1),  # type: ignore[arg-type]
                    {1: "organ"})
+
+
+DEMO_PHANTOM_SEED = 300_028  # outside every training range; four organs, all different
+
+
+def demo_phantom() -> Phantom:
+    """The phantom ``medsam demo`` segments: :func:`random_ct_phantom` of :data:`DEMO_PHANTOM_SEED`."""
+    return random_ct_phantom(DEMO_PHANTOM_SEED)
 
 
 # --------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from .checkpoints import build_sam
 from .embedding_cache import EmbeddingCache
 from .networks import Sam
 from .precision import autocast, check_precision
-from .transforms import postprocess_logits, prepare_slices, scale_box_to_model
+from .transforms import mask_probabilities, postprocess_logits, prepare_slices, scale_box_to_model
 
 # MedSAM's propagation enlarges the previous slice's mask box by 3 px at LiteMedSAM's 256 scale.
 PROPAGATION_MARGIN_1024 = 12
@@ -239,7 +239,10 @@ class MedSAMPredictor:
         ``z1`` and down to ``z0``, each slice gets the tight box of the previous slice's mask,
         enlarged by ``margin`` pixels of the 1024 frame on every side and clipped to the image, or
         the user's box again when the previous mask is empty. No early stop unless
-        ``stop_when_empty``. Objects are written in order; a later object wins where they overlap.
+        ``stop_when_empty``. Where the masks of several objects overlap, the voxel goes to the object
+        whose mask is the most probable there (the first of them on a tie), so the result does not
+        depend on the order of the objects and a mask that leaks into its neighbour does not
+        overwrite it.
 
         Args:
             volume: (S, H, W) display volume.
@@ -253,11 +256,14 @@ class MedSAMPredictor:
         key = volume_fingerprint(volume) if volume_key is None else volume_key
         dtype = np.uint8 if max((o.label for o in objects), default=0) < 256 else np.uint16
         labels = np.zeros(volume.shape, dtype=dtype)
+        # probability of the label written at each voxel; needed only to settle overlaps
+        written = np.zeros(volume.shape, dtype=np.float32) if len(objects) > 1 else None
         plans = [_validated_plan(o, volume.shape) for o in objects]
         total = sum(len(order) for _, order in plans)
         done = 0
         for obj, (user_box, order) in zip(objects, plans):
             masks: dict[int, np.ndarray] = {}
+            probabilities: dict[int, np.ndarray] = {}
             encoded: dict[int, torch.Tensor] = {}
             for step, (z, previous) in enumerate(order):
                 _check_cancel(cancel)
@@ -269,14 +275,20 @@ class MedSAMPredictor:
                         encoded = dict(zip(batch, self.slice_embeddings(volume, batch, key, cancel=cancel)))
                     embedding = encoded[z]
                     box = self._propagated_box(masks.get(previous), user_box, volume.shape[1:], margin)
-                    masks[z] = self.predict_from_embedding(
-                        embedding, volume.shape[1:], box=box, box_in_model_frame=True
-                    ).masks[0]
+                    prediction = self.predict_from_embedding(embedding, volume.shape[1:], box=box, box_in_model_frame=True)
+                    masks[z] = prediction.masks[0]
+                    if written is not None:
+                        probabilities[z] = mask_probabilities(prediction.low_res_logits[None], volume.shape[1:])[0, 0].cpu().numpy()
                 done += 1
                 if progress is not None:
                     progress(done, total)
             for z, mask in masks.items():
-                labels[z][mask] = obj.label
+                if written is None:
+                    labels[z][mask] = obj.label
+                elif z in probabilities:
+                    wins = mask & (probabilities[z] > written[z])
+                    labels[z][wins] = obj.label
+                    written[z][wins] = probabilities[z][wins]
         return labels
 
     def _propagated_box(

@@ -8,13 +8,14 @@ from __future__ import annotations
 import torch
 
 from .networks import SAM_VARIANTS
+from .networks.registry import SamVariant
 
 
-def hf_config_for(variant: str):  # -> transformers.SamConfig
-    """A transformers ``SamConfig`` with the architecture of our ``variant``."""
+def hf_config_for(variant: str | SamVariant):  # -> transformers.SamConfig
+    """A transformers ``SamConfig`` with the architecture of our ``variant`` (a name or a spec)."""
     from transformers import SamConfig
 
-    spec = SAM_VARIANTS[variant]
+    spec = SAM_VARIANTS[variant] if isinstance(variant, str) else variant
     return SamConfig(
         vision_config=dict(
             hidden_size=spec.encoder_embed_dim,

@@ -44,6 +44,7 @@ __all__ = [
     "ct_window",
     "mr_normalize",
     "parse_window",
+    "mask_probabilities",
     "postprocess_logits",
     "prepare_slice",
     "prepare_slices",
@@ -542,23 +543,27 @@ def scale_box_from_model(
 # --------------------------------------------------------------------------------------------
 
 
-def postprocess_logits(low_res_logits: torch.Tensor, slice_shape_hw: Sequence[int]) -> torch.Tensor:
-    """Low-res decoder logits -> binary masks at the slice size, as ``MedSAM_Inference.py``.
+def mask_probabilities(low_res_logits: torch.Tensor, slice_shape_hw: Sequence[int]) -> torch.Tensor:
+    """Low-res decoder logits -> float32 probabilities at the slice size, as ``MedSAM_Inference.py``.
 
-    Sigmoid first, then ONE bilinear resize (align_corners=False) straight to (H, W), then
-    > 0.5. (SAM's own postprocess resizes logits via 1024 and unpads; MedSAM does not.)
+    Sigmoid first, then ONE bilinear resize (align_corners=False) straight to (H, W). (SAM's own
+    postprocess resizes logits via 1024 and unpads; MedSAM does not.)
 
     Args:
         low_res_logits: (P, M, h, w) logits, typically (P, 1, 256, 256); P prompts, M masks.
         slice_shape_hw: (H, W) of the original slice.
 
     Returns:
-        bool tensor (P, M, H, W) on the logits' device.
+        float32 tensor (P, M, H, W) on the logits' device.
     """
     if low_res_logits.ndim != 4:
         raise ValueError(f"expected logits (P, M, h, w), got shape {tuple(low_res_logits.shape)}")
     h, w = (int(v) for v in slice_shape_hw)
     # float32: half-precision logits (autocast) would round the 0.5 threshold and may lack CPU kernels
     probs = torch.sigmoid(low_res_logits.float())
-    probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
-    return probs > 0.5
+    return F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
+
+
+def postprocess_logits(low_res_logits: torch.Tensor, slice_shape_hw: Sequence[int]) -> torch.Tensor:
+    """Low-res decoder logits -> binary masks (P, M, H, W) at the slice size: :func:`mask_probabilities` > 0.5."""
+    return mask_probabilities(low_res_logits, slice_shape_hw) > 0.5

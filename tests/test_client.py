@@ -23,11 +23,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 
+from medsam_monai.checkpoints import TINY_DEMO_CHECKPOINT
 from medsam_monai.cli import main
 from medsam_monai.io import Volume, read_volume, write_volume
-from medsam_monai.networks import build_sam_variant
 from medsam_monai.phantom import ct_phantom
 from medsam_monai.predictor import MedSAMPredictor
 from medsam_monai.segment import VoxelBox, segment_volume
@@ -116,11 +115,9 @@ def test_client_refuses_what_it_cannot_send():
 
 
 @pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    torch.save(build_sam_variant("tiny").state_dict(), path)
-    return path
+def tiny_checkpoint():
+    """The packaged tiny demo model (trained on phantoms), so that masks are meaningful as well as equal."""
+    return TINY_DEMO_CHECKPOINT
 
 
 class ServeProcess:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -30,6 +32,25 @@ def test_image_embeddings_match(pair):
     _, _, _, ref_emb, our_emb = pair
     assert our_emb.shape == ref_emb.shape == (2, 64, 64, 64)
     assert rel_err(our_emb, ref_emb) <= TOL
+
+
+def test_global_attention_blocks_match_reference(tmp_path):
+    """``tiny`` has windowed attention only; SAM's global blocks (here two, beside 14x14 windows
+    that need padding) are checked on a small spec that has them."""
+    from transformers import SamModel
+
+    from medsam_monai.checkpoints import load_checkpoint_into
+    from medsam_monai.networks.registry import SAM_VARIANTS, build_sam_from_spec
+    from medsam_monai.testing import hf_config_for, randomize_
+
+    spec = replace(SAM_VARIANTS["tiny"], encoder_global_attn_indexes=(1, 3), window_size=14)
+    reference = randomize_(SamModel(hf_config_for(spec)), seed=5).eval()
+    reference.save_pretrained(tmp_path)
+    ours = load_checkpoint_into(build_sam_from_spec(spec), tmp_path).eval()
+    assert ours.image_encoder.blocks[1].window_size == 0 and ours.image_encoder.blocks[0].window_size == 14
+    images = torch.rand(1, 3, 1024, 1024, generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():
+        assert rel_err(ours.encode_image(images), reference.get_image_embeddings(images)) <= TOL
 
 
 @pytest.mark.parametrize("multimask", [False, True])

@@ -122,6 +122,31 @@ def test_several_objects_one_call_each_with_its_label_and_shared_encodings():
     assert sorted(predictor.encoded) == list(range(2, 10))  # slices 4..6 of the second object were cached
 
 
+class CentreConfidentSam(BoxEchoSam):
+    """A STUB network (logic around the network only): its mask is the prompt box, most probable at
+    the box centre and less so towards its sides (logits 6 at the centre falling to 1 at the edge)."""
+
+    def decode(self, embeddings, boxes=None, points=None, mask_inputs=None, multimask_output=False):
+        x0, y0, x1, y1 = (boxes[0] / 4).tolist()
+        ys, xs = torch.meshgrid(torch.arange(256.0), torch.arange(256.0), indexing="ij")
+        off_centre = torch.maximum((xs - (x0 + x1) / 2).abs() / ((x1 - x0) / 2), (ys - (y0 + y1) / 2).abs() / ((y1 - y0) / 2))
+        logits = torch.where(off_centre <= 1, 1 + 5 * (1 - off_centre), torch.tensor(-10.0))
+        return logits[None, None], torch.ones(1, 1)
+
+
+def test_overlapping_objects_go_to_the_more_probable_mask_in_any_order():
+    left = ObjectPrompt((10, 40, 2, 120, 150, 4), label=1)
+    right = ObjectPrompt((80, 42, 2, 191, 149, 4), label=2)  # overlaps left on columns 80..120; no exact tie
+    results = [SliceIdPredictor(CentreConfidentSam()).segment_3d(indexed_volume(), objects)
+               for objects in ([left, right], [right, left])]
+    # equal in either order, away from the boxes' corners (where both masks sit at probability sigmoid(1): a tie)
+    assert np.array_equal(results[0][:, 50:140], results[1][:, 50:140])
+    row = results[0][3, 95]
+    assert row[10:80].tolist() == [1] * 70 and row[121:192].tolist() == [2] * 71
+    # in the overlap, each column goes to the box whose centre (65 or 135.5) is nearer
+    assert row[80:101].tolist() == [1] * 21 and row[101:121].tolist() == [2] * 20
+
+
 def test_cancel_stops_between_slices():
     predictor = SliceIdPredictor(BoxEchoSam())
     event = threading.Event()

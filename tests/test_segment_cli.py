@@ -21,7 +21,7 @@ from pydicom.uid import generate_uid
 from medsam_monai.cli import build_parser, main
 from medsam_monai.io import Volume, read_volume, write_volume
 from medsam_monai.networks import build_sam_variant
-from medsam_monai.phantom import ct_phantom
+from medsam_monai.phantom import ct_phantom, demo_phantom
 from medsam_monai.predictor import MedSAMPredictor
 from medsam_monai.segment import VoxelBox, ras_box_to_voxel_box, segment_volume
 
@@ -183,12 +183,22 @@ def test_nan_voxels_are_refused(tmp_path, tiny_checkpoint):
     assert not (tmp_path / "o.nii.gz").exists()
 
 
-def test_demo_runs_offline(tmp_path):
+def test_demo_runs_offline_and_the_packaged_model_finds_the_organs(tmp_path, capsys):
     assert main(["demo", "--out-dir", str(tmp_path)]) == 0
     mask = nib.load(tmp_path / "demo_mask.nii.gz")
     image = nib.load(tmp_path / "demo_image.nii.gz")
     assert mask.shape == image.shape
+    assert np.allclose(mask.affine, image.affine)
     assert (tmp_path / "demo_preview.png").stat().st_size > 0
+    phantom, found = demo_phantom(), np.asarray(mask.dataobj)
+    assert np.array_equal(np.asarray(image.dataobj), phantom.volume.array)
+    out = capsys.readouterr().out
+    scores = []
+    for value, name in sorted(phantom.organ_names.items()):
+        truth, segmented = phantom.labels == value, found == value
+        scores.append(2 * (truth & segmented).sum() / (truth.sum() + segmented.sum()))
+        assert f"{name} {scores[-1]:.3f}" in out
+    assert len(scores) >= 2 and np.mean(scores) >= 0.85, scores
 
 
 def _write_ct_series(folder: Path, count: int, step_mm: float) -> None:

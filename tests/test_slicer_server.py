@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 slicer = pytest.importorskip("slicer", reason="needs the slicer-core package (Linux, Python 3.11)")
 pytest.importorskip("fastapi", reason="needs medsam-monai[serve]")
@@ -26,9 +25,9 @@ import MedSAM  # noqa: E402
 from MedSAMLib import consent, server_process, tasks  # noqa: E402
 from MedSAMLib.client import Cancelled, MedSAMClient, NotFound  # noqa: E402
 
+from medsam_monai.checkpoints import TINY_DEMO_CHECKPOINT  # noqa: E402
 from medsam_monai.cli import main as medsam_main  # noqa: E402
 from medsam_monai.io import read_volume, write_volume  # noqa: E402
-from medsam_monai.networks import build_sam_variant  # noqa: E402
 from medsam_monai.phantom import ct_phantom  # noqa: E402
 from test_slicer_logic import LAYOUTS, VIEWS, add_roi, add_volume, to_ras_order  # noqa: E402
 
@@ -36,11 +35,9 @@ SPACING = (3.0, 3.0, 5.0)
 
 
 @pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny") / "tiny.pt"
-    torch.save(build_sam_variant("tiny").state_dict(), path)
-    return path
+def tiny_checkpoint():
+    """The packaged tiny demo model (trained on phantoms), so that masks are meaningful as well as equal."""
+    return TINY_DEMO_CHECKPOINT
 
 
 @pytest.fixture(scope="module")

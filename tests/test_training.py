@@ -212,7 +212,7 @@ def test_train_json_loss_goes_down_and_resumes(dataset, tmp_path):
     assert all(b < a for a, b in zip(losses, losses[1:])) and losses[-1] < 0.95 * losses[0], losses
     after = first.parser.get_parsed_content("network_def").state_dict()
     changed = {k for k in initial if not torch.equal(initial[k], after[k])}
-    assert "image_encoder.blocks.1.attn.rel_pos_h" in changed  # gradients reach a global-attention block
+    assert "image_encoder.blocks.1.attn.rel_pos_h" in changed  # gradients reach the encoder's attention
     assert "mask_decoder.output_upscaling.0.weight" in changed
     assert not any(k.startswith("prompt_encoder.") for k in changed)  # frozen, as MedSAM
     ckpt_dir = tmp_path / "models" / "fine_tuned"
