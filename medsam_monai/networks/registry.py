@@ -37,7 +37,7 @@ SAM_VARIANTS: dict[str, SamVariant] = {
     # Same 1024 input and 64x64 token grid as SAM, a few hundred thousand parameters: for tests,
     # demos and CPU training on synthetic data. Windowed attention only, in 16x16 windows that tile
     # the grid without padding: a global block over 4096 tokens would cost more than all the rest
-    # of the encoder (6x slower training steps on CPU); the mask decoder still attends globally.
+    # of the encoder (a CPU training step 3.2x slower: benchmarks/train_step_speed.py); the mask decoder still attends globally.
     "tiny": SamVariant(
         64, 4, 4, (), prompt_embed_dim=64, decoder_mlp_dim=256, decoder_num_heads=4, iou_head_hidden_dim=64,
         window_size=16,
