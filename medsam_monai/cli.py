@@ -136,7 +136,7 @@ def _write_preview(path, volume, intensities, labels, objects, axis) -> None:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .io import write_label_volume, write_volume
     from .phantom import demo_phantom, label_box
-    from .segment import VoxelBox, normalized_volume, segment_volume
+    from .segment import VoxelBox, dice, normalized_volume, segment_volume
 
     out_dir = Path(args.out_dir)
     phantom = demo_phantom()
@@ -149,16 +149,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     write_volume(out_dir / "demo_image.nii.gz", phantom.volume.array, phantom.volume.affine)
     write_label_volume(out_dir / "demo_mask.nii.gz", labels, phantom.volume.affine, segment_names=phantom.organ_names)
     _write_preview(out_dir / "demo_preview.png", phantom.volume, intensities, labels, objects, "axial")
-    scores = ", ".join(f"{name} {_dice(phantom.labels == value, labels == value):.3f}"
+    scores = ", ".join(f"{name} {dice(phantom.labels == value, labels == value):.3f}"
                        for value, name in sorted(phantom.organ_names.items()))
     print(f"demo: CT phantom {phantom.volume.shape}, one box per organ from its label; wrote {out_dir}/demo_mask.nii.gz, "
           f"demo_image.nii.gz, demo_preview.png; Dice against the phantom's organs: {scores}")
     return 0
-
-
-def _dice(truth, found) -> float:
-    total = int(truth.sum() + found.sum())
-    return 1.0 if total == 0 else 2.0 * float((truth & found).sum()) / total
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -94,6 +94,12 @@ def segment_volume(
     return np.ascontiguousarray(from_display(labels, layout))
 
 
+def dice(truth: np.ndarray, found: np.ndarray) -> float:
+    """Dice overlap of two boolean masks (1.0 when both are empty)."""
+    total = int(truth.sum() + found.sum())
+    return 1.0 if total == 0 else 2.0 * float((truth & found).sum()) / total
+
+
 def key_slices_ijk(boxes: Sequence[VoxelBox], volume: Volume, axis: str) -> list[int]:
     """The display slice index of each box's key slice (for previews)."""
     layout = display_layout(volume.affine, parse_axis(axis))

@@ -9,8 +9,8 @@
    bundles/medsam_vit_b/configs/train.json`` and overrides, in stages (:data:`STAGES`), each
    starting from the previous stage's best weights (``--ckpt_path``) with its own warm-up and
    cosine decay of the learning rate (a warm restart): 24 phantoms for three epochs, then 48 new
-   phantoms for one epoch, then 48 more with boxes up to 60 px loose (the looseness of the boxes
-   that 3D propagation gives). The recipe's learning rate of 1e-4 is for fine-tuning a pretrained
+   phantoms for one epoch, then twice 48 more with boxes up to 60 px loose (the looseness of the
+   boxes that 3D propagation gives). The recipe's learning rate of 1e-4 is for fine-tuning a pretrained
    model; from random weights the demo uses 2e-3 and then 1e-3. Eight boxes per slice (the
    slice's structures, repeated with other jitter) reuse each image encoding.
 3. Stores the last stage's best-validation weights, in float16, as
@@ -40,7 +40,7 @@ from ..checkpoints import TINY_DEMO_CHECKPOINT, build_sam
 from ..io import write_label_volume, write_volume
 from ..phantom import DEMO_PHANTOM_SEED, Phantom, ct_phantom, demo_phantom, label_box, random_ct_phantom
 from ..predictor import MedSAMPredictor
-from ..segment import VoxelBox, segment_volume
+from ..segment import VoxelBox, dice, segment_volume
 from .engine import latest_checkpoint
 
 TRAIN_CONFIG = Path(__file__).resolve().parents[2] / "bundles" / "medsam_vit_b" / "configs" / "train.json"
@@ -98,7 +98,7 @@ class Stage:
 
 # Fresh phantoms after the first stage: with 24 phantoms seen for three epochs the validation Dice
 # lags the training loss (the model starts to learn the phantoms, not the task), and a new phantom
-# costs no more than a cached one when each slice is seen once. The last stage widens the box
+# costs no more than a cached one when each slice is seen once. The last stages widen the box
 # jitter: in 3D the key slice gets the organ's 3D box (the union of its slices, 50-100 px looser
 # than the slice's own box in the 1024 frame for a tilted organ) and every other slice the box of
 # its neighbour's mask plus a margin, so a model that only saw boxes 0-20 px loose over-segments
@@ -107,6 +107,7 @@ STAGES = (
     Stage("stage1", 0, 24, 3, 2e-3, 30),
     Stage("stage2", 24, 48, 1, 1e-3, 20),
     Stage("stage3", 72, 48, 1, 1e-3, 20, bbox_shift=60),
+    Stage("stage4", 120, 48, 1, 5e-4, 20, bbox_shift=60),
 )
 # Settings every stage shares (train.json ids).
 COMMON_SETTINGS = {
@@ -139,11 +140,6 @@ def bundle_command(config: Path, stage: Stage, bundle_root: Path, datalist: Path
     for key, value in settings.items():
         command += [f"--{key}", str(value)]
     return command
-
-
-def dice(truth: np.ndarray, found: np.ndarray) -> float:
-    total = int(truth.sum() + found.sum())
-    return 1.0 if total == 0 else 2.0 * float((truth & found).sum()) / total
 
 
 def evaluate_3d(model_path: Path, phantoms: Sequence[Phantom]) -> list[float]:
