@@ -7,7 +7,6 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-
 from . import __version__
 
 EXIT_USAGE = 2

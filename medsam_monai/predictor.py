@@ -21,7 +21,7 @@ from .checkpoints import build_sam
 from .embedding_cache import EmbeddingCache
 from .networks import Sam
 from .precision import autocast, check_precision
-from .transforms import mask_probabilities, postprocess_logits, prepare_slices, scale_box_to_model
+from .transforms import mask_probabilities, prepare_slices, scale_box_to_model
 
 # MedSAM's propagation enlarges the previous slice's mask box by 3 px at LiteMedSAM's 256 scale.
 PROPAGATION_MARGIN_1024 = 12
@@ -38,9 +38,10 @@ class Cancelled(RuntimeError):
 class SlicePrediction:
     """Masks of one prompt on one slice."""
 
-    masks: np.ndarray  # (M, H, W) bool
+    masks: np.ndarray  # (M, H, W) bool: probabilities > 0.5
     iou: np.ndarray  # (M,) predicted IoU
     low_res_logits: torch.Tensor  # (M, 256, 256), reusable as a mask prompt
+    probabilities: np.ndarray  # (M, H, W) float32 at the slice size
 
 
 @dataclass(frozen=True)
@@ -200,8 +201,9 @@ class MedSAMPredictor:
                 multimask_output=multimask_output,
             )
         logits = logits.float()
-        masks = postprocess_logits(logits, slice_shape)[0].cpu().numpy()
-        return SlicePrediction(masks=masks, iou=iou[0].float().cpu().numpy(), low_res_logits=logits[0])
+        probabilities = mask_probabilities(logits, slice_shape)[0].cpu().numpy()
+        return SlicePrediction(masks=probabilities > 0.5, iou=iou[0].float().cpu().numpy(), low_res_logits=logits[0],
+                               probabilities=probabilities)
 
     def predict_slice(
         self,
@@ -278,7 +280,7 @@ class MedSAMPredictor:
                     prediction = self.predict_from_embedding(embedding, volume.shape[1:], box=box, box_in_model_frame=True)
                     masks[z] = prediction.masks[0]
                     if written is not None:
-                        probabilities[z] = mask_probabilities(prediction.low_res_logits[None], volume.shape[1:])[0, 0].cpu().numpy()
+                        probabilities[z] = prediction.probabilities[0]
                 done += 1
                 if progress is not None:
                     progress(done, total)
