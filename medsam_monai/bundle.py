@@ -14,11 +14,14 @@ the same labels voxel for voxel for the same input and options.
 - :class:`BoxPropagationInferer`: display orientation, per-slice preparation and MedSAM's 3D
   propagation, through ``segment_volume`` and ``MedSAMPredictor``.
 - :class:`CaseRunner`: runs the cases one by one; a case's bad input is logged in one line naming
-  it and the others go on; a run where every case failed ends with a non-zero exit status.
+  it and the others go on; a run where any case failed ends with one summary line naming them
+  (``medsam bundle: 2 of 5 cases failed: a, b``) and exit status 1, the other cases' outputs written.
 - :class:`SegmentationScorer`: Dice and NSD (2 mm, as the MedSAM paper) with ``monai.metrics`` and
   the voxel spacing from the affine, per case and mean, into a CSV and the log.
 
 Errors in the run's settings end the run with :class:`BundleExit`: one line, exit status 1.
+Settings: :func:`resolve_checkpoint` (the weights: ``ckpt_path``, else ``models/model.pt``, else for
+``tiny`` the packaged demo weights), :func:`resolve_run_device` (``auto``, ``cpu``, ``cuda:N``, ``mps``).
 """
 
 from __future__ import annotations
@@ -41,7 +44,8 @@ from monai.metrics import DiceMetric, compute_surface_dice
 from monai.transforms import MapTransform, Transform
 from monai.utils import convert_to_numpy
 
-from .checkpoints import CheckpointError, detect_variant, load_checkpoint_into, load_state_dict
+from .checkpoints import TINY_DEMO_CHECKPOINT, CheckpointError, detect_variant, load_checkpoint_into, load_state_dict
+from .devices import describe_device, resolve_device
 from .download import KNOWN_WEIGHTS, DownloadError, default_cache_dir
 from .io import Volume, check_output_path, read_volume, write_label_volume
 from .networks import SAM_VARIANTS, Sam
@@ -57,6 +61,7 @@ __all__ = [
     "BoxesFromLabeld",
     "BundleExit",
     "CaseRunner",
+    "CasesFailed",
     "LoadVolume",
     "LoadVolumed",
     "PromptBoxesd",
@@ -66,9 +71,12 @@ __all__ = [
     "case_name",
     "check_evaluation_settings",
     "check_settings",
+    "default_checkpoint",
     "load_cases",
     "load_weights",
     "read_datalist",
+    "resolve_checkpoint",
+    "resolve_run_device",
     "resolve_variant",
     "surface_scores",
 ]
@@ -101,6 +109,23 @@ class BundleExit(SystemExit):
         super().__init__(f"medsam bundle: error: {message}")
 
 
+class CasesFailed(BundleExit):
+    """Ends a run in which some cases failed: one summary line naming them, exit status 1.
+
+    The cases that worked have written their outputs by then; each failure was logged in its own line.
+    """
+
+    #: Names listed in the summary line before "and N more", so it stays one readable line.
+    MAX_NAMES = 10
+
+    def __init__(self, failed: Sequence[str], total: int) -> None:
+        self.failed = list(failed)
+        shown = ", ".join(self.failed[: self.MAX_NAMES])
+        if len(self.failed) > self.MAX_NAMES:
+            shown += f" and {len(self.failed) - self.MAX_NAMES} more"
+        SystemExit.__init__(self, f"medsam bundle: {len(self.failed)} of {total} cases failed: {shown}")
+
+
 # --------------------------------------------------------------------------------------------
 # Settings, checkpoint, network
 # --------------------------------------------------------------------------------------------
@@ -114,11 +139,15 @@ def check_settings(
     modality: str = "ct",
     window: Any = None,
     precision: str = "fp32",
-    device: str | torch.device = "cpu",
+    device: str | torch.device = "auto",
     axis: str = "axial",
     output_ext: str = ".nii.gz",
 ) -> None:
-    """Fail in one line on settings a run cannot use, before the network is built or loaded."""
+    """Fail in one line on settings a run cannot use, before the network is built or loaded.
+
+    ``ckpt_path`` is the resolved checkpoint (:func:`resolve_checkpoint`); ``device`` the setting as
+    given (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``), checked with :func:`resolve_device`.
+    """
     try:
         if variant != "auto" and variant not in SAM_VARIANTS:
             raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(SAM_VARIANTS)} or auto")
@@ -126,12 +155,12 @@ def check_settings(
         check_precision(precision)
         parse_axis(axis)
         check_output_path(f"case{output_ext if output_ext.startswith('.') else '.' + output_ext}")
-        _check_device(device)
+        resolve_device(device)  # the device chosen is logged where the run resolves it (resolve_run_device)
     except ValueError as err:
         raise BundleExit(str(err)) from None
     _require_checkpoint(ckpt_path, bundle_root)
     logger.info(
-        f"{len(cases)} case(s); variant {variant}, checkpoint {ckpt_path}, device {device}, precision {precision}, "
+        f"{len(cases)} case(s); variant {variant}, checkpoint {ckpt_path}, precision {precision}, "
         f"modality {modality}, window {window}, axis {axis}"
     )
 
@@ -150,13 +179,39 @@ def check_evaluation_settings(
         raise BundleExit(str(err)) from None
 
 
-def _check_device(device: str | torch.device) -> None:
+def resolve_run_device(device: str | torch.device = "auto") -> torch.device:
+    """The torch device of a run for the ``device`` setting (``auto``: CUDA, else Apple MPS, else CPU).
+
+    A name torch does not know or a device this machine lacks ends the run in one line
+    (:class:`BundleExit`); the device chosen is logged.
+    """
     try:
-        kind = torch.device(device).type
-    except (RuntimeError, TypeError):
-        raise ValueError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but torch sees no CUDA GPU; use --device cpu")
+        chosen = resolve_device(device)
+    except ValueError as err:
+        raise BundleExit(str(err)) from None
+    logger.info(f"using device {describe_device(chosen)} (device setting: {device})")
+    return torch.device(chosen)
+
+
+def default_checkpoint(variant: str, bundle_root: str | os.PathLike[str] = ".") -> str:
+    """The weights a run uses when no ``ckpt_path`` is given.
+
+    ``tiny``: the demo weights inside the package (as ``medsam segment --variant tiny``); every other
+    variant: ``<bundle_root>/models/model.pt``, where ``download_large_files`` puts MedSAM.
+    """
+    if variant == "tiny":
+        logger.warning("variant tiny: the packaged demo model, trained on synthetic CT phantoms only: not for real images")
+        return str(TINY_DEMO_CHECKPOINT)
+    return os.path.join(os.fspath(bundle_root), "models", "model.pt")
+
+
+def resolve_checkpoint(
+    variant: str, ckpt_path: str | os.PathLike[str] | None = None, bundle_root: str | os.PathLike[str] = "."
+) -> str:
+    """``ckpt_path`` when given (an explicit path always wins), else :func:`default_checkpoint`."""
+    if ckpt_path is not None and os.fspath(ckpt_path) != "":
+        return os.fspath(ckpt_path)
+    return default_checkpoint(variant, bundle_root)
 
 
 def _require_checkpoint(ckpt_path: str | os.PathLike[str], bundle_root: str | os.PathLike[str]) -> None:
@@ -395,9 +450,19 @@ class LoadVolumed(MapTransform):
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
+        self._require_keys(d)
         for key in self.key_iterator(d):
             d[key] = self.loader(d[key])
         return d
+
+    def _require_keys(self, data: Mapping[Hashable, Any]) -> None:
+        """One-line ValueError naming a missing path (MONAI's KeyError would be logged as a bug, with a stack)."""
+        if self.allow_missing_keys:
+            return
+        missing = [key for key in self.keys if data.get(key) is None]
+        if missing:
+            wanted = " and ".join(repr(key) for key in self.keys)
+            raise ValueError(f"no {' or '.join(repr(key) for key in missing)} given; this run reads {wanted} for every case")
 
 
 class PromptBoxesd(MapTransform):
@@ -591,6 +656,13 @@ def _root_cause(error: BaseException) -> BaseException:
     return error
 
 
+def _name_or_none(entry: Any) -> str | None:
+    try:
+        return case_name(_image_of(entry))
+    except ValueError:
+        return None
+
+
 def _one_line(text: object) -> str:
     return " ".join(str(text).split())
 
@@ -598,8 +670,8 @@ def _one_line(text: object) -> str:
 class CaseRunner:
     """Runs the cases one by one: load and prepare, segment, write (and score when evaluating).
 
-    A case that fails is logged in one line naming it and the run goes on; a run where every case
-    failed ends with :class:`BundleExit` (exit status 1).
+    A case that fails is logged in one line naming it and the run goes on; once all cases ran, a
+    run where any case failed ends with :class:`CasesFailed` (a summary line, exit status 1).
     """
 
     def __init__(
@@ -621,6 +693,7 @@ class CaseRunner:
     def run(self, cases: Sequence[Any]) -> list[dict[str, Any]]:
         """Run every case; returns, per finished case, its name, image and output file."""
         finished: list[dict[str, Any]] = []
+        failed_names: list[str] = []
         owners: dict[str, int] = {}
         for index, entry in enumerate(cases):
             tag = self._tag(index, len(cases), entry)
@@ -628,6 +701,7 @@ class CaseRunner:
                 data = self._run_case(index, entry, owners)
             except Exception as error:  # noqa: BLE001 - one case's failure must not stop the others
                 self._report_failure(tag, error)
+                failed_names.append(self._failed_name(index, entry, cases))
                 continue
             logger.info(f"{tag}: {self._summary(data)}")
             # Keep names only: holding every case's volumes would grow with the datalist.
@@ -636,9 +710,19 @@ class CaseRunner:
         if self.scorer is not None and finished:
             self.scorer.report()
         logger.info(f"{len(finished)} of {len(cases)} case(s) done" + (f", {failed} failed" if failed else ""))
-        if not finished:
-            raise BundleExit(f"all {len(cases)} case(s) failed; see the messages above")
+        if failed_names:
+            raise CasesFailed(failed_names, len(cases))
         return finished
+
+    @staticmethod
+    def _failed_name(index: int, entry: Any, cases: Sequence[Any]) -> str:
+        """How the summary names a failed case: its case name, with its number where that name is not unique."""
+        try:
+            name = case_name(_image_of(entry))
+        except ValueError:
+            return f"case {index + 1}"
+        same = sum(1 for other in cases if _name_or_none(other) == name)
+        return name if same == 1 else f"{name} (case {index + 1})"
 
     def _run_case(self, index: int, entry: Any, owners: dict[str, int]) -> dict[Hashable, Any]:
         name = case_name(_image_of(entry))

@@ -19,8 +19,17 @@ import torch
 import yaml
 from monai.data import MetaTensor
 
-from medsam_monai.bundle import BoxesFromLabel, BoxesFromLabeld, boxes_from_prompts, case_name, surface_scores
+from medsam_monai.bundle import (
+    BoxesFromLabel,
+    BoxesFromLabeld,
+    boxes_from_prompts,
+    case_name,
+    resolve_checkpoint,
+    surface_scores,
+)
+from medsam_monai.checkpoints import TINY_DEMO_CHECKPOINT
 from medsam_monai.cli import main as medsam_main
+from medsam_monai.devices import describe_device, resolve_device
 from medsam_monai.download import KNOWN_WEIGHTS
 from medsam_monai.io import Volume
 from medsam_monai.networks import build_sam_variant
@@ -62,10 +71,19 @@ def data_dir(tmp_path):
     return folder
 
 
+def run_bundle_command(*arguments, config="inference.json", timeout=300):
+    """``python -m monai.bundle run`` in a subprocess, as a user types it (from the bundle's folder)."""
+    pytest.importorskip("fire")  # what `python -m monai.bundle` parses its arguments with
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIGS / config),
+               "--bundle_root", str(BUNDLE), *map(str, arguments)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=BUNDLE, check=False)
+
+
 def run_bundle(configs, tiny_ckpt, output_dir, **overrides):
-    """``python -m monai.bundle run`` through its Python API, on the tiny model and CPU."""
-    settings = dict(bundle_root=str(BUNDLE), ckpt_path=str(tiny_ckpt), output_dir=str(output_dir),
-                    variant="tiny", device="cpu", modality="mr")
+    """``python -m monai.bundle run`` through its Python API, on the tiny model and CPU (``tiny_ckpt`` None: the default)."""
+    settings = {"bundle_root": str(BUNDLE), "output_dir": str(output_dir), "variant": "tiny", "device": "cpu", "modality": "mr"}
+    if tiny_ckpt is not None:
+        settings["ckpt_path"] = str(tiny_ckpt)
     settings.update(overrides)
     files = [str(CONFIGS / name) for name in configs]
     monai.bundle.run(config_file=files if len(files) > 1 else files[0], **settings)
@@ -123,7 +141,10 @@ def test_datalist_bad_cases_fail_alone_with_one_line_naming_them(tiny_ckpt, data
     ]}
     (data_dir / "datalist.json").write_text(json.dumps(datalist))
     out = tmp_path / "out"
-    run_bundle(["inference.json"], tiny_ckpt, out, datalist=str(data_dir / "datalist.json"))
+    with pytest.raises(SystemExit) as exit_info:
+        run_bundle(["inference.json"], tiny_ckpt, out, datalist=str(data_dir / "datalist.json"))
+    # one summary line naming the failed cases (the number where a name is not unique), exit status 1
+    assert exit_info.value.code == "medsam bundle: 4 of 6 cases failed: missing, case 3, third, anatomical (case 6)"
 
     assert sorted(p.name for p in out.iterdir()) == ["anatomical_seg.nii.gz", "copy_seg.nii.gz"]
     first, _, _ = labels_of(out / "anatomical_seg.nii.gz")
@@ -147,7 +168,7 @@ def test_every_case_failing_ends_the_run_non_zero(tiny_ckpt, data_dir, tmp_path,
     (data_dir / "datalist.json").write_text(json.dumps(datalist))
     with pytest.raises(SystemExit) as exit_info:
         run_bundle(["inference.json"], tiny_ckpt, tmp_path / "out", datalist=str(data_dir / "datalist.json"))
-    assert exit_info.value.code == "medsam bundle: error: all 2 case(s) failed; see the messages above"
+    assert exit_info.value.code == "medsam bundle: 2 of 2 cases failed: anatomical, absent"
     errors = [line for line in capsys.readouterr().out.splitlines() if " ERROR " in line]
     assert "case 1/2" in errors[0] and "contains no voxel centre of the image" in errors[0]
     assert "case 2/2" in errors[1] and "absent.nii: no such file" in errors[1]
@@ -155,18 +176,52 @@ def test_every_case_failing_ends_the_run_non_zero(tiny_ckpt, data_dir, tmp_path,
 
 
 def test_command_line_input_dict_and_all_failed_exit_status(tiny_ckpt, data_dir, tmp_path):
-    pytest.importorskip("fire")  # what `python -m monai.bundle` parses its arguments with
     input_dict = f"{{'image': '{data_dir / 'anatomical.nii'}', 'box': [0, 0, 0, 40, 5, 5]}}"
-    result = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIGS / "inference.json"),
-         "--bundle_root", str(BUNDLE), "--ckpt_path", str(tiny_ckpt), "--variant", "tiny", "--device", "cpu",
-         "--output_dir", str(tmp_path / "out"), "--input_dict", input_dict],
-        capture_output=True, text=True, timeout=300,
-    )
+    result = run_bundle_command("--ckpt_path", tiny_ckpt, "--variant", "tiny", "--device", "cpu",
+                                "--output_dir", tmp_path / "out", "--input_dict", input_dict)
     assert result.returncode == 1
     assert "box (0, 0, 0, 40, 5, 5) is outside the image" in result.stdout  # the dict reached the case intact
-    assert result.stderr.strip().splitlines()[-1] == "medsam bundle: error: all 1 case(s) failed; see the messages above"
+    assert result.stderr.strip().splitlines()[-1] == "medsam bundle: 1 of 1 cases failed: anatomical"
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_tiny_without_ckpt_path_uses_the_packaged_weights_and_partial_failure_exits_non_zero(data_dir, tmp_path):
+    """`--variant tiny` alone runs (no models/model.pt needed), as `medsam segment --variant tiny`;
+    a datalist where some cases fail ends with a summary line and exit status 1, the others written."""
+    shutil.copy(data_dir / "anatomical.nii", data_dir / "second.nii")
+    datalist = {"testing": [
+        {"image": "anatomical.nii", "box": VOXEL_BOX},
+        {"image": "missing.nii.gz", "box": VOXEL_BOX},
+        {"image": "second.nii", "box": [0, 0, 0, 40, 5, 5]},
+    ]}
+    (data_dir / "datalist.json").write_text(json.dumps(datalist))
+    out = tmp_path / "out"
+    result = run_bundle_command("--variant", "tiny", "--modality", "mr", "--output_dir", out,
+                                "--datalist", data_dir / "datalist.json")
+    log = result.stdout + result.stderr
+    assert result.returncode == 1, log[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == "medsam bundle: 2 of 3 cases failed: missing, second"
+    assert f"checkpoint {TINY_DEMO_CHECKPOINT}," in log
+    expected_device = resolve_device("auto")
+    assert f"using device {describe_device(expected_device)} (device setting: auto)" in log  # auto is the default
+    assert "Traceback" not in log
+    assert sorted(p.name for p in out.iterdir()) == ["anatomical_seg.nii.gz"]
+
+    cli_out = tmp_path / "cli.nii.gz"
+    assert medsam_main(["segment", str(data_dir / "anatomical.nii"), "--box", ",".join(map(str, VOXEL_BOX)),
+                        "--variant", "tiny", "--modality", "mr", "--device", expected_device, "--out", str(cli_out)]) == 0
+    bundle_labels, _, _ = labels_of(out / "anatomical_seg.nii.gz")
+    assert (bundle_labels > 0).any()
+    np.testing.assert_array_equal(bundle_labels, labels_of(cli_out)[0])  # the same (packaged) weights
+
+
+def test_checkpoint_defaults_by_variant_and_an_explicit_path_wins(tmp_path):
+    root = tmp_path / "bundle"
+    assert resolve_checkpoint("tiny", None, root) == str(TINY_DEMO_CHECKPOINT)
+    for variant in ("vit_b", "vit_l", "auto"):
+        assert resolve_checkpoint(variant, None, root) == str(root / "models" / "model.pt")
+    assert resolve_checkpoint("tiny", tmp_path / "mine.pt", root) == str(tmp_path / "mine.pt")
+    assert resolve_checkpoint("vit_b", "other.pth", root) == "other.pth"
 
 
 def test_missing_checkpoint_says_how_to_download(data_dir, tmp_path):
@@ -176,6 +231,11 @@ def test_missing_checkpoint_says_how_to_download(data_dir, tmp_path):
     message = str(exit_info.value.code)
     assert "not found" in message and f"download_large_files --bundle_path {BUNDLE}" in message
     assert "medsam download" in message and "\n" not in message
+    # vit_b without --ckpt_path: the bundle's models/model.pt, under the bundle_root given
+    with pytest.raises(SystemExit) as exit_info:
+        run_bundle(["inference.json"], None, tmp_path / "out", variant="vit_b", bundle_root=str(tmp_path),
+                   input_dict={"image": str(data_dir / "anatomical.nii"), "box": VOXEL_BOX})
+    assert str(exit_info.value.code).startswith(f"medsam bundle: error: checkpoint {tmp_path / 'models' / 'model.pt'} not found")
 
 
 @pytest.mark.parametrize(("setting", "value", "expected"), [
@@ -184,6 +244,10 @@ def test_missing_checkpoint_says_how_to_download(data_dir, tmp_path):
     ("variant", "vit_x", "unknown variant 'vit_x'"),
     ("window", "lung", "a CT window ('lung') was given for modality 'mr'"),
     ("axis", "oblique", "unknown slicing axis 'oblique'"),
+    ("device", "gpu", "unknown device 'gpu'; use auto"),
+    ("device", "meta", "device 'meta' cannot run a model here"),
+    pytest.param("device", "cuda", "device 'cuda' asked for, but torch sees no CUDA GPU",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")),
 ])
 def test_bad_settings_stop_before_any_case(tiny_ckpt, data_dir, tmp_path, setting, value, expected):
     with pytest.raises(SystemExit) as exit_info:
@@ -304,8 +368,10 @@ def test_evaluate_writes_per_case_and_mean_dice_and_nsd(tiny_ckpt, data_dir, tmp
                             {"image": "second.nii", "label": "cropped_label.nii.gz"}]}
     (data_dir / "datalist.json").write_text(json.dumps(datalist))
     out = tmp_path / "out"
-    run_bundle(["inference.json", "evaluate.json"], tiny_ckpt, out, datalist=str(data_dir / "datalist.json"),
-               box_jitter=1, seed=3)
+    with pytest.raises(SystemExit) as exit_info:  # the second case's label is on another grid
+        run_bundle(["inference.json", "evaluate.json"], tiny_ckpt, out, datalist=str(data_dir / "datalist.json"),
+                   box_jitter=1, seed=3)
+    assert exit_info.value.code == "medsam bundle: 1 of 2 cases failed: second"
 
     with open(out / "metrics.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -324,6 +390,21 @@ def test_evaluate_writes_per_case_and_mean_dice_and_nsd(tiny_ckpt, data_dir, tmp
     log = capsys.readouterr().out
     assert f"Dice {float(means['all']['dice']):.4f} NSD {float(means['all']['nsd']):.4f} (tolerance 2 mm)" in log
     assert "case 2/2" in log and "shape (32, 41, 25) differs from the image's (33, 41, 25)" in log
+
+
+def test_evaluate_without_label_is_one_line_per_case(tiny_ckpt, data_dir, tmp_path, capsys):
+    shutil.copy(data_dir / "anatomical.nii", data_dir / "second.nii")
+    datalist = {"testing": [{"image": "anatomical.nii"}, {"image": "second.nii", "box": VOXEL_BOX}]}
+    (data_dir / "datalist.json").write_text(json.dumps(datalist))
+    with pytest.raises(SystemExit) as exit_info:
+        run_bundle(["inference.json", "evaluate.json"], tiny_ckpt, tmp_path / "out", datalist=str(data_dir / "datalist.json"))
+    assert exit_info.value.code == "medsam bundle: 2 of 2 cases failed: anatomical, second"
+    log = capsys.readouterr().out
+    errors = [line for line in log.splitlines() if " ERROR " in line]
+    assert len(errors) == 2 and "Traceback" not in log
+    for n, name in enumerate(("anatomical.nii", "second.nii"), start=1):
+        assert f"case {n}/2 ({data_dir / name}) failed: no 'label' given; this run reads 'image' and 'label'" in errors[n - 1]
+    assert not (tmp_path / "out" / "metrics.csv").exists()
 
 
 def test_bad_evaluation_settings_stop_early(tiny_ckpt, data_dir, tmp_path):

@@ -4,6 +4,7 @@ that load everywhere (build_sam, `medsam segment --checkpoint`)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -41,6 +42,8 @@ TRAIN_JSON = BUNDLE / "configs" / "train.json"
 MULTI_GPU_JSON = BUNDLE / "configs" / "multi_gpu_train.json"
 # Small phantoms: the network always sees 1024x1024, so only the slice count costs time.
 SMALL = {"shape": (40, 40, 6), "spacing": (1.5, 1.5, 4.0)}
+# An override of this value is dropped: the config's own default applies.
+CONFIG_DEFAULT = object()
 
 
 @pytest.fixture(scope="module")
@@ -140,6 +143,25 @@ def test_train_net_keeps_sam_keys_and_freezes_the_prompt_encoder():
     assert all(id(p) in trainable for p in [*net.image_encoder.parameters(), *net.mask_decoder.parameters()])
 
 
+def test_train_net_trains_the_model_as_is():
+    """No process-wide replacement of the encoder's attention: the network itself is differentiable."""
+    from medsam_monai import training
+    from medsam_monai.networks import image_encoder
+
+    attention = image_encoder.attention_with_rel_pos
+    sam = build_sam_variant("tiny")
+    net = MedSAMTrainNet(sam)
+    assert image_encoder.attention_with_rel_pos is attention
+    assert not hasattr(training, "enable_encoder_training")
+    assert net.image_encoder is sam.image_encoder
+    logits = net(torch.rand(1, 1, 1024, 1024, generator=torch.Generator().manual_seed(0)),
+                 torch.tensor([[100.0, 150.0, 600.0, 700.0]]))
+    assert logits.shape == (1, 1, 1024, 1024)
+    logits.mean().backward()
+    for block in net.image_encoder.blocks:
+        assert block.attn.rel_pos_h.grad is not None and block.attn.rel_pos_h.grad.abs().sum() > 0
+
+
 def test_dice_ce_loss_is_medsams_dice_plus_bce():
     from monai.losses import DiceCELoss, DiceLoss
 
@@ -162,9 +184,28 @@ def _workflow(bundle_root: Path, datalist: Path, **overrides):
         "bundle_root": str(bundle_root), "data_source": str(datalist), "variant": "tiny", "ckpt_path": None,
         "num_workers": 0, "cache": "none", "learning_rate": 2e-3, **overrides,
     }
+    settings = {key: value for key, value in settings.items() if value is not CONFIG_DEFAULT}
     workflow = ConfigWorkflow(config_file=str(TRAIN_JSON), logging_file=False, workflow_type=None, **settings)
     workflow.initialize()
     return workflow
+
+
+def test_train_json_device_and_starting_weights_settings(tmp_path):
+    """`device` auto by default (CUDA, else MPS, else CPU), checked before any data is read; AMP follows the
+    device; `--variant tiny` starts from the packaged weights unless `ckpt_path` says otherwise."""
+    from medsam_monai.checkpoints import TINY_DEMO_CHECKPOINT
+    from medsam_monai.devices import resolve_device
+
+    nowhere = tmp_path / "no_data_here"
+    with pytest.raises(SystemExit, match="^medsam bundle: error: unknown device 'gpu'; use auto"):
+        _workflow(tmp_path, nowhere, device="gpu")
+    default = _workflow(tmp_path, nowhere, ckpt_path=CONFIG_DEFAULT)
+    assert default.parser.get_parsed_content("run_device") == torch.device(resolve_device("auto"))
+    assert default.parser.get_parsed_content("amp") == torch.device(resolve_device("auto")).type.startswith("cuda")
+    assert default.parser.get_parsed_content("ckpt_path") == str(TINY_DEMO_CHECKPOINT)
+    on_cpu = _workflow(tmp_path, nowhere, device="cpu", variant="vit_b", ckpt_path=CONFIG_DEFAULT)
+    assert on_cpu.parser.get_parsed_content("amp") is False
+    assert on_cpu.parser.get_parsed_content("ckpt_path") == str(tmp_path / "models" / "model.pt")
 
 
 def _run_recording_losses(workflow) -> list[float]:
@@ -209,7 +250,7 @@ def test_train_json_loss_goes_down_and_resumes(dataset, tmp_path):
     initial = {k: v.clone() for k, v in first.parser.get_parsed_content("network_def").state_dict().items()}
     losses = _run_recording_losses(first)
     assert len(losses) == 4
-    assert all(b < a for a, b in zip(losses, losses[1:])) and losses[-1] < 0.95 * losses[0], losses
+    assert all(b < a for a, b in itertools.pairwise(losses)) and losses[-1] < 0.95 * losses[0], losses
     after = first.parser.get_parsed_content("network_def").state_dict()
     changed = {k for k in initial if not torch.equal(initial[k], after[k])}
     assert "image_encoder.blocks.1.attn.rel_pos_h" in changed  # gradients reach the encoder's attention
@@ -252,7 +293,7 @@ def test_multi_gpu_train_json_runs_two_processes_with_gloo(dataset, tmp_path):
         "--train#slices", two_slices,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=400, cwd=BUNDLE)
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=400, cwd=BUNDLE, check=False)
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-3000:]
     # each rank trains on its half of the 4 slices: 2 iterations of batch 1, not 4

@@ -3,6 +3,8 @@
 Parameter names follow ``segment_anything.modeling.image_encoder`` so the original checkpoints load
 with strict matching. Attention runs through ``scaled_dot_product_attention`` with SAM's decomposed
 relative position bias, in chunks so that at most one bounded block of the bias exists at a time.
+The model works with autograd on and off: inference on CPU takes a faster buffer-reusing path, and
+anything autograd records takes the differentiable SDPA path.
 """
 
 from __future__ import annotations
@@ -72,9 +74,11 @@ def attention_with_rel_pos(
     The original builds the (L, L) bias and scores for all heads at once (3.2 GB at 1024x1024).
     Here they exist for a bounded chunk at a time. On CUDA each chunk of heads goes through
     ``scaled_dot_product_attention``, whose fused kernels take the bias. On CPU those kernels
-    measure two (fp32) to five (bf16) times slower than plain matmuls, so the chunk, a few rows of
-    queries small enough to stay in cache, is computed in one reused buffer: bias, scores, softmax,
-    then one matmul with v.
+    measure two (fp32) to five (bf16) times slower than plain matmuls for inference, so there the
+    chunk is computed in one reused buffer (:func:`_cpu_attention_in_buffer`). That path writes with
+    ``out=`` arguments, which autograd refuses, so whenever autograd records (grad mode on and an
+    input requires grad: training, or gradients with respect to the image) every device takes the
+    SDPA path, which computes the same values and is differentiable.
 
     Args:
         q, k, v: (N, L, head_dim) with L = H * W.
@@ -83,8 +87,26 @@ def attention_with_rel_pos(
     Returns:
         (N, L, head_dim).
     """
-    if q.device.type != "cpu":
+    if q.device.type != "cpu" or _autograd_records(q, k, v, rel_h, rel_w):
         return _sdpa_with_rel_pos(q, k, v, rel_h, rel_w)
+    return _cpu_attention_in_buffer(q, k, v, rel_h, rel_w)
+
+
+def _autograd_records(*tensors: torch.Tensor) -> bool:
+    """True when autograd would record an op on ``tensors`` (grad mode on, one of them requires grad)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def _cpu_attention_in_buffer(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_h: torch.Tensor, rel_w: torch.Tensor
+) -> torch.Tensor:
+    """Inference-only CPU attention: a chunk of heads and query rows at a time, in one reused buffer.
+
+    Each chunk, a few rows of queries small enough to stay in cache, goes bias, scores, softmax,
+    then one matmul with v, all written in place. Not differentiable (``out=`` writes). Shapes as
+    :func:`attention_with_rel_pos`: q, k, v (N, L, head_dim), rel_h (N, H, W, H), rel_w (N, H, W, W)
+    -> (N, L, head_dim).
+    """
     n, length, head_dim = q.shape
     _, h, w, _ = rel_h.shape
     if length * length <= _CPU_CHUNK_ELEMENTS:
@@ -113,16 +135,21 @@ def attention_with_rel_pos(
 def _sdpa_with_rel_pos(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_h: torch.Tensor, rel_w: torch.Tensor
 ) -> torch.Tensor:
+    """Differentiable attention through ``scaled_dot_product_attention``, a bounded chunk of heads at a time.
+
+    Shapes as :func:`attention_with_rel_pos`: q, k, v (N, L, head_dim), rel_h (N, H, W, H), rel_w
+    (N, H, W, W) -> (N, L, head_dim). Under autograd the chunks' biases are kept for the backward
+    pass, so the chunking bounds the transient memory of inference only.
+    """
     n, length, _ = q.shape
     chunk = max(1, _SDPA_CHUNK_ELEMENTS // (length * length))
     if chunk >= n:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=_expand_bias(rel_h, rel_w))
-    out = torch.empty_like(q)
-    for start in range(0, n, chunk):
-        part = slice(start, start + chunk)
-        bias = _expand_bias(rel_h[part], rel_w[part])
-        out[part] = F.scaled_dot_product_attention(q[part], k[part], v[part], attn_mask=bias)
-    return out
+    # Concatenated rather than written into a preallocated tensor, so autograd sees plain ops.
+    return torch.cat([
+        F.scaled_dot_product_attention(q[part], k[part], v[part], attn_mask=_expand_bias(rel_h[part], rel_w[part]))
+        for part in (slice(start, start + chunk) for start in range(0, n, chunk))
+    ])
 
 
 def _expand_bias(rel_h: torch.Tensor, rel_w: torch.Tensor) -> torch.Tensor:
@@ -250,7 +277,7 @@ class Block(nn.Module):
         # projects to the qkv bias, so project the real tokens only and pad with the bias; and the
         # output projection is per token, so it runs after the padding is dropped. Same result,
         # about 16% fewer FLOPs in these layers at 1024x1024.
-        b, h, w, _ = x.shape
+        _, h, w, _ = x.shape
         qkv = self.attn.qkv(x)
         windows, pad_hw = window_partition(qkv, self.window_size)
         if pad_hw != (h, w) and self.attn.qkv.bias is not None:

@@ -32,11 +32,11 @@ from .engine import (
     lr_scheduler,
     slice_dataset,
 )
-from .network import MedSAMTrainNet, enable_encoder_training, load_sam, train_net
+from .network import MedSAMTrainNet, load_sam, train_net
 
 __all__ = [
-    "BestModelState",
     "MEDSAM_BBOX_SHIFT",
+    "BestModelState",
     "LoadSliced",
     "MedSAMTrainNet",
     "PrepareBoxBatch",
@@ -45,7 +45,6 @@ __all__ = [
     "TrainingStateSaver",
     "WarmupCosine",
     "display_volumes",
-    "enable_encoder_training",
     "foreground_slices",
     "latest_checkpoint",
     "load_cases",

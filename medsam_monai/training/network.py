@@ -18,7 +18,6 @@ import torch.nn.functional as F
 
 from ..checkpoints import build_sam
 from ..networks import Sam
-from ..networks import image_encoder as _image_encoder
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +36,6 @@ class MedSAMTrainNet(Sam):
         super().__init__(sam.image_encoder, sam.prompt_encoder, sam.mask_decoder, variant=sam.variant)
         if freeze_prompt_encoder:
             self.prompt_encoder.requires_grad_(False)
-        enable_encoder_training()
 
     def forward(self, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         if images.ndim != 4 or images.shape[1] not in (1, 3):
@@ -75,31 +73,3 @@ def train_net(variant: str = "vit_b", checkpoint: str | PathLike[str] | None = N
     """:func:`load_sam` wrapped as :class:`MedSAMTrainNet` (the bundle's ``network_def``)."""
     return MedSAMTrainNet(load_sam(variant, checkpoint), freeze_prompt_encoder)
 
-
-# --------------------------------------------------------------------------------------------
-# differentiable attention on CPU
-# --------------------------------------------------------------------------------------------
-
-_inference_attention = _image_encoder.attention_with_rel_pos
-
-
-def _attention_with_autograd(q, k, v, rel_h, rel_w):
-    """The encoder's attention, through ``scaled_dot_product_attention`` when gradients are needed.
-
-    The encoder's CPU attention is tuned for inference: it writes scores into a reused buffer with
-    ``out=`` arguments, which autograd refuses. The SDPA path (the one CUDA always takes) computes
-    the same values and is differentiable; inference keeps the fast path.
-    """
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, rel_h, rel_w)):
-        return _image_encoder._sdpa_with_rel_pos(q, k, v, rel_h, rel_w)
-    return _inference_attention(q, k, v, rel_h, rel_w)
-
-
-def enable_encoder_training() -> None:
-    """Let the image encoder train on CPU (see :func:`_attention_with_autograd`); idempotent.
-
-    To be retired when ``networks.image_encoder.attention_with_rel_pos`` takes the SDPA path
-    itself whenever gradients are required.
-    """
-    if _image_encoder.attention_with_rel_pos is _inference_attention:
-        _image_encoder.attention_with_rel_pos = _attention_with_autograd
