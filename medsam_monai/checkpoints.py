@@ -12,9 +12,12 @@ Formats (detected from the file, not its name):
 
 from __future__ import annotations
 
+import gzip
 import json
 import pickle
 import re
+import zipfile
+import zlib
 from collections.abc import Mapping
 from os import PathLike
 from pathlib import Path
@@ -61,7 +64,9 @@ _HF_RENAMES: tuple[tuple[str, str], ...] = (
     (r"^mask_decoder\.upscale_conv2\.", "mask_decoder.output_upscaling.3."),
 )
 # The decoder's MLP heads: HF names them proj_in, layers.0..n-3, proj_out; SAM numbers them 0..n-1.
-_HF_MLP_HEAD = re.compile(r"^(mask_decoder\.(?:output_hypernetworks_mlps\.\d+|iou_prediction_head))\.(proj_in|layers\.(\d+)|proj_out)\.(.+)$")
+_HF_MLP_HEAD = re.compile(
+    r"^(mask_decoder\.(?:output_hypernetworks_mlps\.\d+|iou_prediction_head))\.(proj_in|layers\.(\d+)|proj_out)\.(.+)$"
+)
 
 
 class CheckpointError(ValueError):
@@ -80,6 +85,8 @@ def load_state_dict(path: str | PathLike[str], sha256: str | None = None) -> Sta
     """
     file = _resolve_weights_file(Path(path))
     if sha256 is not None:
+        if file.is_dir():
+            raise CheckpointError(f"--sha256 checks one file, but {file} is a folder of shards: give one weights file")
         verify_sha256(file, sha256)
     raw = _read_safetensors(file) if _is_safetensors(file) else _read_torch_file(file)
     return to_original_keys(raw, source=str(file))
@@ -196,7 +203,7 @@ def _resolve_weights_file(path: Path) -> Path:
         for name in ("model.safetensors", "pytorch_model.bin", "model.pt", "model.pth"):
             if (path / name).is_file():
                 return path / name
-        if (path / "model.safetensors.index.json").is_file() or (path / "pytorch_model.bin.index.json").is_file():
+        if (path / SAFETENSORS_INDEX).is_file() or (path / TORCH_INDEX).is_file():
             return path
         raise CheckpointError(f"{path} is a folder without model.safetensors, pytorch_model.bin or model.pt")
     if not path.is_file():
@@ -206,50 +213,332 @@ def _resolve_weights_file(path: Path) -> Path:
 
 def _is_safetensors(path: Path) -> bool:
     if path.is_dir():
-        return (path / "model.safetensors.index.json").is_file()
+        return (path / SAFETENSORS_INDEX).is_file()
     with open(path, "rb") as f:
         head = f.read(9)
-    # A safetensors file starts with the 8-byte length of its JSON header, then "{".
-    return len(head) == 9 and head[8:9] == b"{"
+    # A safetensors file starts with the 8-byte little-endian length of its JSON header, then "{". The length
+    # check (safetensors itself refuses headers over 100 MB) keeps out text files whose 9th character is "{":
+    # eight text bytes read as a length are above 2**61.
+    header_length = int.from_bytes(head[:8], "little")
+    return len(head) == 9 and head[8:9] == b"{" and header_length <= _MAX_SAFETENSORS_HEADER
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    files = [path]
-    if path.is_dir():
-        index = json.loads((path / "model.safetensors.index.json").read_text())
-        files = sorted({path / name for name in index["weight_map"].values()})
+    files = _index_shards(path, SAFETENSORS_INDEX) if path.is_dir() else [path]
     state: dict[str, torch.Tensor] = {}
     for file in files:
         try:
             state.update(load_file(str(file)))
         except (SafetensorError, OSError, ValueError) as err:
-            raise CheckpointError(f"{file} is not a readable safetensors file: {err}") from None
+            raise CheckpointError(f"{file} is not a readable safetensors file: {_one_line(err)}") from None
     return state
 
 
 def _read_torch_file(path: Path) -> object:
     if path.is_dir():
-        index = json.loads((path / "pytorch_model.bin.index.json").read_text())
         state: dict[str, object] = {}
-        for name in sorted(set(index["weight_map"].values())):
-            part = _read_torch_file(path / name)
+        for shard in _index_shards(path, TORCH_INDEX):
+            part = _read_torch_file(shard)
             state.update(part if isinstance(part, Mapping) else {})
         return state
+    if _starts_with(path, _ZIP_MAGIC):
+        _check_torch_archive(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        reason = str(err).strip().splitlines()
-        detail = next((line for line in reason if "GLOBAL" in line or "Unsupported" in line), reason[0] if reason else "")
-        raise CheckpointError(
-            f"refusing to load {path}: it holds pickled Python objects, not only weights ({detail.strip()}); "
-            "only weights are loaded (weights_only=True). If you trust the file, re-save its state_dict with torch.save"
-        ) from None
     except Exception as err:  # noqa: BLE001 - torch raises many types for a corrupt file
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {first}") from None
+        raise _torch_load_error(path, err) from None
+
+
+def _torch_load_error(path: Path, err: Exception) -> CheckpointError:
+    """The one-line error for a file torch.load refused: a pickle with code in it, another kind of file, or damage."""
+    detail = _torch_error_detail(err)
+    if isinstance(err, pickle.UnpicklingError) and _FORBIDDEN_PICKLE.search(detail):
+        return CheckpointError(
+            f"refusing to load {path}: it holds pickled Python objects, not only weights ({detail}); "
+            "only weights are loaded (weights_only=True). If you trust the file, re-save its state_dict with torch.save"
+        )
+    protocol = _pickle_protocol(path)
+    if isinstance(err, pickle.UnpicklingError) and protocol is not None:
+        return CheckpointError(
+            f"refusing to load {path}: it is a Python pickle (protocol {protocol}) that the weights-only loader cannot "
+            f"read ({detail}); only weights are loaded (weights_only=True). If you trust the file, re-save its "
+            "state_dict with torch.save"
+        )
+    kind = describe_file_type(path)
+    if kind is not None:
+        return _not_a_checkpoint(path, kind)
+    if isinstance(err, pickle.UnpicklingError):
+        return CheckpointError(
+            f"{path} is not a PyTorch checkpoint: neither a torch.save archive nor a pickle of tensors ({detail})"
+        )
+    return CheckpointError(f"{path} is not a readable PyTorch checkpoint: {detail}")
+
+
+def _torch_error_detail(err: Exception) -> str:
+    """The line of a torch.load error that says what is wrong, without torch's advice around it."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(_TORCH_ADVICE)]
+    return (useful or lines or [type(err).__name__])[0]
+
+
+def _not_a_checkpoint(path: Path, kind: str) -> CheckpointError:
+    return CheckpointError(
+        f"{path} is not a checkpoint file: it looks like {kind}; give SAM/MedSAM weights "
+        "(.pth, .pt, .bin or .safetensors) or a Hugging Face model folder"
+    )
+
+
+# --------------------------------------------------------------------------- #
+# Sharded Hugging Face folders: an index names the shard holding each tensor
+# --------------------------------------------------------------------------- #
+
+_MAX_SAFETENSORS_HEADER = 100 << 20
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+TORCH_INDEX = "pytorch_model.bin.index.json"
+# The index of even a ViT-H checkpoint is a few tens of kB: anything near this is not an index.
+_MAX_INDEX_BYTES = 16 << 20
+
+
+def _index_shards(folder: Path, index_name: str) -> list[Path]:
+    """The shard files named by ``folder/index_name``, each checked to lie inside ``folder``.
+
+    Returns:
+        the distinct shard paths, sorted, each an existing file.
+    """
+    index_path = folder / index_name
+    weight_map = _read_weight_map(index_path)
+    bad = sorted({repr(name) for name in weight_map.values() if not isinstance(name, str) or not name})
+    if bad:
+        raise CheckpointError(
+            f"{index_path} is not a valid index: its weight_map has shard names that are not file names ({_first(bad)})"
+        )
+    return sorted({_checked_shard(folder, index_path, name) for name in weight_map.values()})
+
+
+def _read_weight_map(index_path: Path) -> Mapping[str, object]:
+    size = index_path.stat().st_size
+    if size > _MAX_INDEX_BYTES:
+        raise CheckpointError(f"{index_path} is not a valid index: {size:,} bytes, more than any index holds")
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{index_path} is not a valid index: not JSON ({_one_line(err)})") from None
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(
+            f"{index_path} is not a valid index: it needs a non-empty \"weight_map\" object of tensor name -> shard file"
+        )
+    return weight_map
+
+
+def _checked_shard(folder: Path, index_path: Path, name: str) -> Path:
+    """``folder/name`` with symlinks resolved, refused unless it is a file inside ``folder``."""
+    shard = folder / name
+    target = shard.resolve()
+    if Path(name).is_absolute() or not any(target.is_relative_to(root) for root in _shard_roots(folder)):
+        raise CheckpointError(f"{index_path} names shard {name!r}, which lies outside {folder}: refused")
+    if not target.is_file():
+        raise CheckpointError(f"{index_path} names shard {name!r}, which is missing from {folder}")
+    # The checked target itself is returned, so a symlink swapped after the check is not followed.
+    return target
+
+
+def _shard_roots(folder: Path) -> list[Path]:
+    """Where the shards of ``folder`` may really live (after resolving symlinks).
+
+    A Hugging Face hub cache keeps ``models--org--name/snapshots/<revision>/`` as symlinks into the
+    repository's ``blobs/`` folder, so a snapshot's shards legitimately resolve there.
+    """
+    real = folder.resolve()
+    roots = [real]
+    if real.parent.name == "snapshots" and (real.parent.parent / "blobs").is_dir():
+        roots.append(real.parent.parent / "blobs")
+    return roots
+
+
+# --------------------------------------------------------------------------- #
+# ZIP archives (torch.save's format): refuse bombs and foreign archives before torch inflates anything
+# --------------------------------------------------------------------------- #
+
+_ZIP_MAGIC = b"PK\x03\x04"
+# torch.save stores its entries uncompressed, so together they inflate to less than the file's size; a factor
+# leaves room for an archive someone re-zipped with deflate (weights barely compress) while a deflate bomb
+# (up to ~1000:1) is refused from its directory alone.
+_MAX_ZIP_INFLATION = 4
+# The weights_only unpickler's words for a pickle that would build objects other than tensors, and the advice
+# torch wraps around every such error.
+_FORBIDDEN_PICKLE = re.compile(r"GLOBAL|allowlist|Can only (create|build)")
+_TORCH_ADVICE = ("Weights only load failed", "Please file an issue", "Check the documentation")
+
+
+def _check_torch_archive(path: Path) -> None:
+    """Refuse a ZIP that is not a torch.save archive, or whose entries declare more bytes than it can hold.
+
+    Only the central directory is read (declared sizes), nothing is decompressed.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as err:
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: damaged ZIP archive ({_one_line(err)})") from None
+    names = [entry.filename for entry in entries]
+    if not _is_torch_archive(names):
+        raise _not_a_checkpoint(path, _foreign_zip_kind(names))
+    file_size = path.stat().st_size
+    declared = sum(entry.file_size for entry in entries)
+    limit = _MAX_ZIP_INFLATION * file_size
+    if declared > limit:
+        largest = max(entries, key=lambda entry: entry.file_size)
+        raise CheckpointError(
+            f"refusing to load {path}: its ZIP entries declare {declared:,} bytes uncompressed in a {file_size:,}-byte file "
+            f"(largest: {largest.filename}, {largest.file_size:,} bytes), more than {_MAX_ZIP_INFLATION}x its size; "
+            "torch.save never compresses, so this is a decompression bomb or not a checkpoint torch wrote"
+        )
+
+
+def _zip_kind(path: Path) -> str | None:
+    """None for a torch.save archive (a checkpoint, maybe), else what kind of ZIP it is."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return "a damaged ZIP archive"
+    return None if _is_torch_archive(names) else _foreign_zip_kind(names)
+
+
+def _is_torch_archive(names: list[str]) -> bool:
+    return any(re.fullmatch(r"[^/]+/data\.pkl", name) for name in names)
+
+
+def _foreign_zip_kind(names: list[str]) -> str:
+    if names and all(name.endswith(".npy") for name in names):
+        return "a NumPy .npz archive"
+    return f"a ZIP archive that is not a PyTorch checkpoint (no data.pkl; holds {_first(sorted(names)) or 'nothing'})"
+
+
+# --------------------------------------------------------------------------- #
+# What a file that is not a checkpoint looks like, from its first bytes
+# --------------------------------------------------------------------------- #
+
+# (offset, magic bytes, what the file is), checked in order.
+_SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
+    (0, b"NRRD000", "an NRRD image (.nrrd)"),
+    (128, b"DICM", "a DICOM file (.dcm)"),
+    (0, b"\x89PNG\r\n\x1a\n", "a PNG image"),
+    (0, b"\xff\xd8\xff", "a JPEG image"),
+    (0, b"GIF8", "a GIF image"),
+    (0, b"II*\x00", "a TIFF image"),
+    (0, b"MM\x00*", "a TIFF image"),
+    (0, b"%PDF", "a PDF document"),
+    (0, b"\x89HDF\r\n\x1a\n", "an HDF5 file (.h5, .hdf5, MINC-2 .mnc)"),
+    (0, b"\x93NUMPY", "a NumPy array (.npy)"),
+    (0, b"ObjectType", "a MetaImage (.mha/.mhd)"),
+    (0, b"PK\x05\x06", "an empty ZIP archive"),
+    (257, b"ustar", "a tar archive"),
+    (0, b"BZh", "a bzip2-compressed file (.bz2)"),
+    (0, b"\xfd7zXZ\x00", "an xz-compressed file (.xz)"),
+    (0, b"\x28\xb5\x2f\xfd", "a zstd-compressed file (.zst)"),
+    (0, b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"),
+)
+_GZIP_MAGIC = b"\x1f\x8b"
+_SNIFF_BYTES = 1024
+
+
+def describe_file_type(path: str | PathLike[str]) -> str | None:
+    """Name what a file looks like from its first bytes (``"a NIfTI-1 image (.nii)"``), or None if unknown.
+
+    Used to tell users who pass an image (or anything else) as a checkpoint what they passed instead.
+    """
+    with open(path, "rb") as f:
+        head = f.read(_SNIFF_BYTES)
+    if not head:
+        return "an empty file"
+    if head.startswith(_GZIP_MAGIC):
+        return _gzip_kind(_gunzip_head(Path(path)))
+    if head.startswith(_ZIP_MAGIC):
+        return _zip_kind(Path(path))
+    return _describe_bytes(head)
+
+
+def _gzip_kind(inner: bytes | None) -> str:
+    kind = _describe_bytes(inner) if inner else None
+    if kind is None or kind in ("a plain text file", "a JSON text file"):
+        return "a gzip-compressed file (.gz)"
+    if kind == "a NIfTI-1 image (.nii)" or kind == "a NIfTI-2 image (.nii)":
+        return f"a gzip-compressed {kind[2:-7]} (.nii.gz)"
+    if kind == "a tar archive":
+        return "a gzip-compressed tar archive (.tar.gz)"
+    return f"a gzip-compressed file holding {kind}"
+
+
+def _describe_bytes(head: bytes) -> str | None:
+    nifti = _nifti_kind(head)
+    if nifti is not None:
+        return nifti
+    for offset, magic, kind in _SIGNATURES:
+        if head[offset : offset + len(magic)] == magic:
+            return kind
+    # Analyze has no magic, only its header size: checked after every format that has one.
+    if len(head) >= 348 and 348 in _header_sizes(head):
+        return "an Analyze 7.5 header (.hdr)"
+    return _text_kind(head)
+
+
+def _nifti_kind(head: bytes) -> str | None:
+    """NIfTI-1/-2 headers: sizeof_hdr (348 or 540, either byte order) and the magic string."""
+    sizes = _header_sizes(head)
+    if 540 in sizes and head[4:8] in (b"n+2\x00", b"ni2\x00"):
+        return "a NIfTI-2 image (.nii)" if head[4:8] == b"n+2\x00" else "a NIfTI-2 header (.hdr)"
+    if 348 in sizes and head[344:348] in (b"n+1\x00", b"ni1\x00"):
+        return "a NIfTI-1 image (.nii)" if head[344:348] == b"n+1\x00" else "a NIfTI-1 header (.hdr)"
+    return None
+
+
+def _header_sizes(head: bytes) -> set[int]:
+    return {int.from_bytes(head[:4], order) for order in ("little", "big")}
+
+
+def _text_kind(head: bytes) -> str | None:
+    # The sniffed head may end inside a multi-byte character: ignore at most its last 3 bytes.
+    for cut in range(4):
+        try:
+            text = head[: len(head) - cut].decode("utf-8")
+            break
+        except UnicodeDecodeError:
+            continue
+    else:
+        return None
+    if not text or any(not (char.isprintable() or char in "\t\r\n\f") for char in text):
+        return None
+    return "a JSON text file" if text.lstrip().startswith(("{", "[")) else "a plain text file"
+
+
+def _gunzip_head(path: Path) -> bytes | None:
+    """The first bytes of a gzip file's content (a bounded read: never the whole stream)."""
+    try:
+        with gzip.open(path, "rb") as f:
+            return f.read(_SNIFF_BYTES)
+    except (OSError, EOFError, zlib.error):
+        return None
+
+
+def _pickle_protocol(path: Path) -> int | None:
+    """The protocol of a file that starts as a binary pickle does (PROTO opcode 0x80, then 2 to 5), else None."""
+    with open(path, "rb") as f:
+        head = f.read(2)
+    return head[1] if len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= pickle.HIGHEST_PROTOCOL else None
+
+
+def _starts_with(path: Path, magic: bytes) -> bool:
+    with open(path, "rb") as f:
+        return f.read(len(magic)) == magic
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
 
 
 def _looks_like_state_dict(obj: object) -> bool:

@@ -5,9 +5,11 @@ Only the standard library is used so that fetching a checkpoint never requires
 
 Downloads are resumable (``<dest>.part`` plus an HTTP ``Range`` request),
 verified (size and SHA-256 when known) and atomic: ``dest`` only ever appears
-fully written, via :func:`os.replace`. Every failure message is a single line
-that tells the user how to get the file by hand, because the most common cause
-is a machine without internet access.
+fully written, via :func:`os.replace`. They are bounded: never more bytes than
+the registered size (or ``max_bytes``), never longer than a deadline, and a
+server that slows to a trickle is dropped. Every failure message is a single
+line that tells the user how to get the file by hand, because the most common
+cause is a machine without internet access.
 """
 
 from __future__ import annotations
@@ -16,18 +18,22 @@ import hashlib
 import http.client
 import os
 import pathlib
+import re
 import socket
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
-from typing import Callable, Optional, TextIO, Union
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TextIO, Union
 
 __all__ = [
+    "DEFAULT_MAX_MB",
+    "KNOWN_WEIGHTS",
     "ChecksumError",
     "DownloadError",
-    "KNOWN_WEIGHTS",
     "ProgressCallback",
     "WeightsSource",
     "default_cache_dir",
@@ -39,10 +45,18 @@ __all__ = [
 ]
 
 #: ``(downloaded_bytes, total_bytes_or_None) -> None``
-ProgressCallback = Callable[[int, Optional[int]], None]
+ProgressCallback = Callable[[int, int | None], None]
 PathLike = Union[str, "os.PathLike[str]"]
 
 _SUPPORTED_SCHEMES = ("http", "https", "file")
+#: The cap on a download whose size is not registered: above SAM ViT-H (2.6 GB) with room to spare.
+DEFAULT_MAX_MB = 4096
+#: The longest one download may take (it resumes when run again), and the slowest it may go, averaged
+#: over each ``timeout``-long window, before it counts as stalled.
+DEFAULT_DEADLINE_S = 6 * 3600.0
+DEFAULT_MIN_RATE = 1024.0
+# A file name taken from a URL may not hold path separators, control or shell-special characters.
+_UNSAFE_NAME_CHARS = re.compile(r'[\x00-\x1f\x7f/\\:*?"<>|]')
 _USER_AGENT = "medsam-monai-downloader/1"
 # Everything that means "the network let us down" (as opposed to a local disk
 # problem, which must surface unchanged). socket.timeout is TimeoutError on
@@ -62,6 +76,47 @@ class DownloadError(RuntimeError):
 
 class ChecksumError(DownloadError):
     """A file's size or SHA-256 digest does not match the expected value."""
+
+
+@dataclass(frozen=True)
+class _SizeCap:
+    """The most bytes a download may have, why, and what the user can do when a server exceeds it."""
+
+    limit: int
+    reason: str
+    advice: str
+
+
+@dataclass
+class _TransferClock:
+    """Ends a transfer that runs past its deadline or slows below ``min_rate`` bytes/s over a ``window``."""
+
+    deadline: float | None
+    window: float
+    min_rate: float
+    start: float = field(default_factory=time.monotonic)
+    window_start: float = field(default_factory=time.monotonic)
+    window_bytes: int = 0
+
+    def begin_window(self) -> None:
+        """Start measuring the rate afresh (when the body starts: connecting is the socket timeout's business)."""
+        self.window_start, self.window_bytes = time.monotonic(), 0
+
+    def problem(self, new_bytes: int) -> str | None:
+        """Account ``new_bytes`` just received; say what is wrong, if anything."""
+        now = time.monotonic()
+        if self.deadline is not None and now - self.start > self.deadline:
+            return f"not finished after {self.deadline:g} s, the download deadline"
+        self.window_bytes += new_bytes
+        elapsed = now - self.window_start
+        if elapsed >= self.window:
+            if self.window_bytes < self.min_rate * elapsed:
+                return (
+                    f"stalled: {self.window_bytes} bytes in {elapsed:.1f} s, "
+                    f"under the minimum of {self.min_rate:g} bytes/s"
+                )
+            self.window_start, self.window_bytes = now, 0
+        return None
 
 
 @dataclass(frozen=True)
@@ -203,68 +258,88 @@ def _parse_content_range(value: str | None) -> tuple[int | None, int | None]:
     return start, _parse_int(total.strip()) if total.strip() != "*" else None
 
 
-def _stream_body(
-    response: http.client.HTTPResponse,
-    part: pathlib.Path,
-    mode: str,
-    offset: int,
-    total: int | None,
-    progress: ProgressCallback | None,
-    chunk_size: int,
-    on_error: Callable[[object], DownloadError],
-) -> None:
-    """Copy ``response`` into ``part`` (appending when ``mode`` is ``"ab"``)."""
+@dataclass(frozen=True)
+class _Transfer:
+    """What every step of one download needs: where from, where to, its bounds and its reporting."""
+
+    url: str
+    dest: pathlib.Path
+    part: pathlib.Path
+    cap: _SizeCap
+    clock: _TransferClock
+    progress: ProgressCallback | None
+    timeout: float
+    chunk_size: int
+
+    def network_error(self, what: object) -> DownloadError:
+        return _network_error(self.url, self.dest, self.part, what)
+
+    def too_large(self, amount: str) -> DownloadError:
+        # The partial data cannot become the file under this cap: delete it rather than leave it to fill the disk.
+        self.part.unlink(missing_ok=True)
+        return DownloadError(
+            f"Refusing {self.url}: the server {amount} the cap of {self.cap.limit} bytes ({self.cap.reason}); "
+            f"nothing was kept. {self.cap.advice}, or {_manual_fallback(self.url, self.dest)}"
+        )
+
+
+def _stream_body(transfer: _Transfer, response: http.client.HTTPResponse, mode: str, offset: int, total: int | None) -> None:
+    """Copy ``response`` into the part file (appending when ``mode`` is ``"ab"``), within the transfer's bounds."""
+    if total is not None and total > transfer.cap.limit:
+        raise transfer.too_large(f"announced {total} bytes, more than")
+    # read1 returns what has arrived instead of waiting for a whole chunk, so a trickling server
+    # cannot hold a read (and the deadline check after it) for long.
+    read = getattr(response, "read1", response.read)
     downloaded = offset
-    with open(part, mode) as out:
+    transfer.clock.begin_window()
+    with open(transfer.part, mode) as out:
         while True:
             try:
-                chunk = response.read(chunk_size)
+                chunk = read(transfer.chunk_size)
             except _NETWORK_ERRORS as err:
-                raise on_error(err) from err
+                raise transfer.network_error(err) from err
             if not chunk:
                 break
+            if downloaded + len(chunk) > transfer.cap.limit:
+                out.close()
+                raise transfer.too_large("sent more than")
             out.write(chunk)
             downloaded += len(chunk)
-            if progress is not None:
-                progress(downloaded, total)
+            if transfer.progress is not None:
+                transfer.progress(downloaded, total)
+            problem = transfer.clock.problem(len(chunk))
+            if problem is not None:
+                out.close()
+                raise transfer.network_error(problem)
     # http.client returns b"" instead of raising when the peer closes early,
     # so a truncated body has to be detected here.
     if total is not None and downloaded < total:
-        raise on_error(f"connection closed after {downloaded} of {total} bytes")
+        raise transfer.network_error(f"connection closed after {downloaded} of {total} bytes")
 
 
-def _fetch_into_part(
-    url: str,
-    dest: pathlib.Path,
-    part: pathlib.Path,
-    progress: ProgressCallback | None,
-    timeout: float,
-    chunk_size: int,
-) -> bool:
-    """Fill ``part`` with the resource at ``url``, resuming if it already has data.
+def _fetch_into_part(transfer: _Transfer) -> bool:
+    """Fill the part file with the resource at the URL, resuming if it already has data.
 
     Returns True when the server answered 416 (nothing left to send), i.e. the
     part is either complete or stale; the caller decides which by verifying it.
     """
+    part = transfer.part
     offset = part.stat().st_size if part.exists() else 0
-    request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
+    request = urllib.request.Request(transfer.url, headers={"User-Agent": _USER_AGENT})
     if offset:
         request.add_header("Range", f"bytes={offset}-")
 
-    def on_error(what: object) -> DownloadError:
-        return _network_error(url, dest, part, what)
-
     try:
-        response = urllib.request.urlopen(request, timeout=timeout)
+        response = urllib.request.urlopen(request, timeout=transfer.timeout)
     except urllib.error.HTTPError as err:
         err.close()
         if err.code == 416 and offset:
-            if progress is not None:
-                progress(offset, offset)
+            if transfer.progress is not None:
+                transfer.progress(offset, offset)
             return True
-        raise on_error(f"HTTP {err.code} {err.reason}") from err
+        raise transfer.network_error(f"HTTP {err.code} {err.reason}") from err
     except _NETWORK_ERRORS as err:
-        raise on_error(getattr(err, "reason", err)) from err
+        raise transfer.network_error(getattr(err, "reason", err)) from err
 
     with response:
         # file:// responses have no status; like a 200 they carry the whole body.
@@ -275,16 +350,28 @@ def _fetch_into_part(
                 # the file, so fall back to a clean full download.
                 response.close()
                 part.unlink()
-                return _fetch_into_part(url, dest, part, progress, timeout, chunk_size)
+                return _fetch_into_part(transfer)
             if total is None:
                 length = _parse_int(response.headers.get("Content-Length"))
                 total = offset + length if length is not None else None
-            _stream_body(response, part, "ab", offset, total, progress, chunk_size, on_error)
+            _stream_body(transfer, response, "ab", offset, total)
         else:
             # The server ignored the Range header and is sending everything.
-            total = _parse_int(response.headers.get("Content-Length"))
-            _stream_body(response, part, "wb", 0, total, progress, chunk_size, on_error)
+            _stream_body(transfer, response, "wb", 0, _parse_int(response.headers.get("Content-Length")))
     return False
+
+
+def _size_cap(size: int | None, max_bytes: int | None) -> _SizeCap:
+    """The tighter of the registered size and ``max_bytes``; without either, :data:`DEFAULT_MAX_MB`."""
+    larger = "If the file really is that large, pass a larger --max-mb"
+    caps = []
+    if size is not None:
+        caps.append(_SizeCap(size, "the registered size of this file", "The server is not sending the registered file"))
+    if max_bytes is not None:
+        caps.append(_SizeCap(max_bytes, f"--max-mb {max_bytes / 2**20:.4g}", larger))
+    if not caps:
+        caps.append(_SizeCap(DEFAULT_MAX_MB << 20, f"the default cap of {DEFAULT_MAX_MB} MB for files of unknown size", larger))
+    return min(caps, key=lambda cap: cap.limit)
 
 
 def _verify_part(part: pathlib.Path, size: int | None, sha256: str | None) -> str | None:
@@ -308,21 +395,37 @@ def download_file(
     progress: ProgressCallback | None = None,
     timeout: float = 60.0,
     chunk_size: int = 1 << 20,
+    max_bytes: int | None = None,
+    deadline: float | None = DEFAULT_DEADLINE_S,
+    min_rate: float = DEFAULT_MIN_RATE,
 ) -> pathlib.Path:
-    """Download ``url`` to ``dest`` (resumable, verified, atomic) and return ``dest``.
+    """Download ``url`` to ``dest`` (resumable, verified, atomic, bounded) and return ``dest``.
 
     If ``dest`` already exists it is verified against ``sha256`` (when given)
     and returned without touching the network. Otherwise data goes to
     ``dest.part``, which is resumed with an HTTP Range request if present, and
     is renamed to ``dest`` only after the size and hash checks pass.
 
+    Args:
+        timeout: seconds one connection attempt or read may wait for the server.
+        max_bytes: the most bytes accepted (the tighter of this and ``size``; without
+            either, :data:`DEFAULT_MAX_MB`), whatever the server announces or omits.
+        deadline: seconds the whole download may take (None: no limit); checked after
+            each read, so it can be overrun by at most ``timeout``.
+        min_rate: bytes/s the transfer must average over each ``timeout``-long window.
+
     Raises:
         ValueError: the URL scheme is not http, https or file.
         ChecksumError: the existing file or the downloaded data is wrong.
-        DownloadError: the transfer failed; the partial file is kept.
+        DownloadError: the transfer failed (the partial file is kept to resume), or the
+            server sent more than the cap (nothing is kept).
     """
     _check_scheme(url)
+    if max_bytes is not None and max_bytes <= 0:
+        raise ValueError(f"max_bytes (--max-mb) must be positive, got {max_bytes}")
     dest = pathlib.Path(dest).expanduser()
+    if dest.exists() and not dest.is_file():
+        raise DownloadError(f"{dest} exists and is not a file: it was left untouched; pass another --cache-dir")
     if dest.exists():
         if sha256 is not None:
             actual = sha256_of_file(dest)
@@ -337,8 +440,10 @@ def download_file(
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = _part_path(dest)
+    clock = _TransferClock(deadline=deadline, window=timeout, min_rate=min_rate)
+    transfer = _Transfer(url, dest, part, _size_cap(size, max_bytes), clock, progress, timeout, chunk_size)
     for attempt in range(2):
-        got_416 = _fetch_into_part(url, dest, part, progress, timeout, chunk_size)
+        got_416 = _fetch_into_part(transfer)
         problem = _verify_part(part, size, sha256)
         if problem is None:
             os.replace(part, dest)
@@ -365,10 +470,27 @@ def _looks_like_url(text: str) -> bool:
 
 
 def _filename_from_url(url: str) -> str:
-    name = pathlib.PurePosixPath(urllib.parse.unquote(urllib.parse.urlparse(url).path)).name
-    if not name:
-        raise ValueError(f"Cannot derive a file name from URL {url!r}: it must end with a file name")
+    """The URL's last path segment, percent-decoded, if it is a plain file name that stays in the cache folder."""
+    # Split before decoding: "%2F" must not create a segment, and "a/%2e%2e" must stay the name "..".
+    raw = urllib.parse.urlparse(url).path.rsplit("/", 1)[-1]
+    name = urllib.parse.unquote(raw)
+    if not _is_plain_file_name(name):
+        raise ValueError(
+            f"Cannot derive a safe file name from URL {url!r}: its last part {raw!r} decodes to {name!r}; "
+            "the URL must end with a plain file name such as medsam_vit_b.pth"
+        )
     return name
+
+
+def _is_plain_file_name(name: str) -> bool:
+    # A leading dot covers "." and ".." (and hidden files); trailing dots and spaces vanish on Windows.
+    return (
+        bool(name)
+        and not name.startswith(".")
+        and name == name.rstrip(". ")
+        and not _UNSAFE_NAME_CHARS.search(name)
+        and len(name.encode("utf-8", "surrogateescape")) <= 255
+    )
 
 
 def fetch_weights(
@@ -376,6 +498,7 @@ def fetch_weights(
     cache_dir: PathLike | None = None,
     sha256: str | None = None,
     progress: ProgressCallback | None = None,
+    max_bytes: int | None = None,
 ) -> pathlib.Path:
     """Return the local path of a checkpoint, downloading it into the cache once.
 
@@ -384,6 +507,7 @@ def fetch_weights(
         cache_dir: where to store it; defaults to :func:`default_cache_dir`.
         sha256: expected digest; overrides the registry value when given.
         progress: optional ``(downloaded, total)`` callback.
+        max_bytes: the most bytes accepted; the registered size caps known weights anyway.
     """
     directory = pathlib.Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     source = KNOWN_WEIGHTS.get(name_or_url)
@@ -394,6 +518,7 @@ def fetch_weights(
             sha256=sha256 or source.sha256,
             size=source.size,
             progress=progress,
+            max_bytes=max_bytes,
         )
     if not _looks_like_url(name_or_url):
         raise ValueError(
@@ -401,7 +526,8 @@ def fetch_weights(
             f"or an http(s)/file URL"
         )
     _check_scheme(name_or_url)
-    return download_file(name_or_url, directory / _filename_from_url(name_or_url), sha256=sha256, progress=progress)
+    destination = directory / _filename_from_url(name_or_url)
+    return download_file(name_or_url, destination, sha256=sha256, progress=progress, max_bytes=max_bytes)
 
 
 # --------------------------------------------------------------------------- #
@@ -426,7 +552,7 @@ def terminal_progress(stream: TextIO | None = None, width: int = 30) -> Progress
         megabytes = downloaded / 1e6
         if total:
             fraction = min(downloaded / total, 1.0)
-            filled = int(round(fraction * width))
+            filled = round(fraction * width)
             line = f"\r[{'#' * filled}{'.' * (width - filled)}] {fraction * 100:5.1f}% {megabytes:.1f}/{total / 1e6:.1f} MB"
         else:
             line = f"\r{megabytes:.1f} MB"

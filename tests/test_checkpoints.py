@@ -155,9 +155,12 @@ def test_sha256_is_verified_before_loading(tmp_path, tiny_state):
 @pytest.mark.parametrize(
     "content, match",
     [
-        (b"", "not a readable PyTorch checkpoint"),
-        (b"this is not a checkpoint at all", "not a readable PyTorch checkpoint"),
+        (b"", "not a checkpoint file: it looks like an empty file"),
+        (b"this is not a checkpoint at all", "not a checkpoint file: it looks like a plain text file"),
         (b"\x10\x00\x00\x00\x00\x00\x00\x00{broken json", "not a readable safetensors file"),
+        (b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19", "not a readable PyTorch checkpoint"),
+        (b"PK\x03\x04 truncated zip", "damaged ZIP archive"),
+        (b"\x10\x01\x02\x03", "neither a torch.save archive nor a pickle of tensors"),
     ],
 )
 def test_unreadable_files_give_one_line_errors(tmp_path, content, match):
