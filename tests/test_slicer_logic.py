@@ -8,7 +8,10 @@ exercised in test_slicer_server.py.
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import sys
+import threading
 import time
 import unittest
 from pathlib import Path
@@ -454,3 +457,115 @@ def test_the_modules_self_test_runs_without_the_application():
 def test_a_logic_needs_a_scene_without_the_application():
     with pytest.raises(MedSAM.MedSAMError, match="no MRML scene"):
         MedSAM.MedSAMLogic()
+
+
+# -- issue 15: the extension inside a real 3D Slicer -------------------------------------------------
+
+
+def larger_grid(volume_ijk_to_ras, margin=(9, 6, 3), shape=(40, 30, 16)):
+    """A grid that holds the phantom's grid with ``margin`` voxels more on the low side of each axis."""
+    ijk_to_ras = volume_ijk_to_ras.copy()
+    ijk_to_ras[:3, 3] -= ijk_to_ras[:3, :3] @ np.array(margin, dtype=float)
+    return np.zeros(shape, np.int16), ijk_to_ras
+
+
+def test_a_segment_reaching_outside_the_volume_is_read_replaced_and_undone(scene, logic):
+    """Item 3: a segmentation made on a larger image has a labelmap reaching outside this volume. With
+    padImage=True, ResampleOrientedImageToReferenceOrientedImage returns the union of both extents
+    (vtkOrientedImageDataResample.cxx, Libs/vtkSegmentationCore, Slicer 5.6-5.10), which raised
+    "cannot reshape array"; read onto the volume's grid, and keep what lies outside the volume."""
+    array_ras = phantom_ras()
+    volume = add_volume(scene, *layout_of(array_ras, LAYOUTS["ras"]))
+    big = add_volume(scene, *larger_grid(layout_of(array_ras, LAYOUTS["ras"])[1]), name="larger")
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    segmentation.SetReferenceImageGeometryParameterFromVolumeNode(big)
+    segment = segmentation.GetSegmentation().AddEmptySegment("", "drawn on the larger image")
+    everywhere = np.ones(slicer.util.arrayFromVolume(big).shape, np.uint8)
+    logic.write_segment(segmentation, segment, big, everywhere)
+
+    inside = logic.read_segment(segmentation, segment, volume)
+    assert inside.shape == slicer.util.arrayFromVolume(volume).shape and inside.all()
+    result = logic.segment(ThresholdClient(THRESHOLD), volume, segmentation, add_roi(scene, BOX_LOW, BOX_HIGH),
+                           VIEWS["axial"], segment_id=segment, merge="replace", server_url=URL)
+    after = logic.read_segment(segmentation, segment, volume)
+    region = geometry.slab(2, result.first_slice, result.last_slice)
+    expected = expected_mask_ras(array_ras, BOX_LOW, BOX_HIGH).transpose(2, 1, 0)
+    np.testing.assert_array_equal(after[region], expected[region])
+    outside_volume = np.ones(everywhere.shape, bool)
+    outside_volume[3:3 + 10, 6:6 + 18, 9:9 + 22] = False  # [k, j, i] of the volume inside the larger grid
+    assert logic.read_segment(segmentation, segment, big)[outside_volume].all()  # the user's voxels outside
+    logic.undo()
+    assert logic.read_segment(segmentation, segment, volume).all()
+    np.testing.assert_array_equal(logic.read_segment(segmentation, segment, big), everywhere)
+
+
+def test_a_segmentation_without_display_node_gets_one(scene, logic):
+    """Item 4: qMRMLNodeFactory::createNode (behind a selector's "Create new Segmentation") adds the bare
+    node; only the Segment Editor calls CreateDefaultDisplayNodes (qMRMLSegmentEditorWidget.cxx)."""
+    volume = add_volume(scene, *layout_of(phantom_ras(), LAYOUTS["lps"]))
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    assert segmentation.GetDisplayNode() is None
+    logic.segment(ThresholdClient(THRESHOLD), volume, segmentation, add_roi(scene, BOX_LOW, BOX_HIGH),
+                  VIEWS["axial"], server_url=URL)
+    display = segmentation.GetDisplayNode()
+    assert isinstance(display, slicer.vtkMRMLSegmentationDisplayNode) and display.GetVisibility()
+    logic.segment(ThresholdClient(THRESHOLD), volume, segmentation, add_roi(scene, BOX_LOW, BOX_HIGH),
+                  VIEWS["axial"], server_url=URL)
+    assert segmentation.GetDisplayNode() is display and segmentation.GetNumberOfDisplayNodes() == 1
+
+
+def test_the_worker_step_does_not_read_the_consent_store(scene):
+    """Item 7: in Slicer the store reads QSettings, which belongs to the main thread: prepare() checks
+    consent there; run() (the worker) only compares the in-memory revocation count."""
+    reads = []
+    store = consent.ConsentStore.in_memory()
+    store.grant(URL)
+    text = store._read()
+    recording = consent.ConsentStore(lambda: reads.append(threading.current_thread()) or text, lambda value: None)
+    logic = MedSAM.MedSAMLogic(scene, recording)
+    volume = add_volume(scene, *layout_of(phantom_ras(), LAYOUTS["ras"]))
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    request = logic.prepare(volume, segmentation, add_roi(scene, BOX_LOW, BOX_HIGH), VIEWS["axial"], server_url=URL)
+    reads.clear()
+    outcome = {}
+    worker = threading.Thread(target=lambda: outcome.update(labels=logic.run(ThresholdClient(THRESHOLD), request)))
+    worker.start()
+    worker.join(30)
+    assert outcome["labels"].sum() > 0 and reads == []
+    # A request that did not come from prepare() is refused: nothing checked its consent.
+    unchecked = dataclasses.replace(request, consent_revocations=None)
+    with pytest.raises(consent.ConsentRequired):
+        logic.run(ThresholdClient(THRESHOLD), unchecked)
+
+
+def test_the_real_server_self_test_is_skipped_without_a_server(monkeypatch):
+    """Item 5: slicer_add_python_unittest(SCRIPT MedSAM.py) runs slicer.testing.runUnitTest, which loads
+    every test_* method with unittest.TestLoader().loadTestsFromName (Base/Python/slicer/testing.py,
+    CMake/SlicerMacroPythonTesting.cmake); test_real_server must skip, not fail, without MEDSAM_TEST_SERVER."""
+    monkeypatch.delenv("MEDSAM_TEST_SERVER", raising=False)
+    suite = unittest.TestLoader().loadTestsFromName("MedSAM")
+    names = sorted(test.id().split(".")[-1] for group in suite for test in group)
+    assert "test_real_server" in names
+    outcome = unittest.TextTestRunner(verbosity=0, stream=io.StringIO()).run(suite)
+    assert outcome.wasSuccessful(), outcome.failures + outcome.errors
+    assert [test.id().split(".")[-1] for test, _ in outcome.skipped] == ["test_real_server"]
+
+
+def test_the_slices_of_a_box_drawn_in_one_view(scene, logic):
+    """Item 9: two control points in one axial plane make a box as deep as its shortest in-plane side
+    (vtkMRMLMarkupsROINode::UpdateBoxROIFromControlPoints, Libs/MRML/Core, here slicer-core's own MRML),
+    and segment_3d_coverage names the slices Segment 3D then segments."""
+    volume = add_volume(scene, *layout_of(phantom_ras(), LAYOUTS["permuted"]))  # axial slices along i, 3 mm
+    roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode")
+    roi.AddControlPoint(vtk.vtkVector3d(-8.0, -6.0, 0.0))
+    roi.AddControlPoint(vtk.vtkVector3d(14.0, 0.0, 0.0))  # 22 x 6 mm in the axial plane z = 0
+    assert tuple(roi.GetSize()) == pytest.approx((22.0, 6.0, 6.0))
+    text = logic.segment_3d_coverage(volume, roi, VIEWS["axial"])
+    request = logic.prepare(volume, scene.AddNewNodeByClass("vtkMRMLSegmentationNode"), roi, VIEWS["axial"],
+                            server_url=URL)
+    first, last = request.slice_range
+    assert (first, last) == (4, 5)  # z -3..3 mm holds the centres of i = 4 (z -1.5) and 5 (z 1.5)
+    assert text == f"Segment 3D: axial slices {first}-{last} (2 of 10); the box is 6.0 mm deep along axial."
+    assert logic.segment_3d_coverage(volume, scene.AddNewNodeByClass("vtkMRMLMarkupsROINode"),
+                                     VIEWS["axial"]).startswith("Segment 3D: draw a box first")
+    assert logic.segment_3d_coverage(None, roi, VIEWS["axial"]) == ""

@@ -113,10 +113,15 @@ def test_sources_are_ascii_and_parse_as_python_3_9():
 
 
 def test_top_level_cmake_has_the_extension_variables():
+    """Slicer 5.10's template (Utilities/Templates/Extensions/Default/CMakeLists.txt at v5.10.0): CMake
+    3.20.6...3.22.6, and no EXTENSION_CATEGORY (since Slicer commit 437e33804d, "the category is now
+    expected to be defined in the extension catalog entry file")."""
     text = (EXTENSION / "CMakeLists.txt").read_text()
+    assert text.startswith("cmake_minimum_required(VERSION 3.20.6...3.22.6 FATAL_ERROR)\n")
     assert re.search(r"project\(MedSAM\)", text)
-    for name in ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS", "DEPENDS"):
-        assert re.search(rf"set\(EXTENSION_{name} ", text), f"EXTENSION_{name} is not set"
+    for name in ("HOMEPAGE", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS", "DEPENDS"):
+        assert re.search(rf'set\(EXTENSION_{name} "[^"]+"\)', text), f"EXTENSION_{name} is not set"
+    assert "EXTENSION_CATEGORY" not in text
     assert "find_package(Slicer REQUIRED)" in text and "add_subdirectory(MedSAM)" in text
     assert "${Slicer_EXTENSION_GENERATE_CONFIG}" in text and "${Slicer_EXTENSION_CPACK}" in text
     module = (MODULE / "CMakeLists.txt").read_text()
@@ -126,7 +131,7 @@ def test_top_level_cmake_has_the_extension_variables():
         assert (MODULE / "Testing" / "Python" / script).exists()
 
 
-# The catalog entry schema of the ExtensionsIndex (Slicer/Schemas/slicer-extension-catalog-entry-schema-v1.0.1.json).
+# The catalog entry schema of the ExtensionsIndex (Slicer's Schemas/slicer-extension-catalog-entry-schema-v1.0.1.json).
 CATALOG_SCHEMA = {
     "type": "object",
     "required": ["$schema", "category", "scm_url"],
@@ -140,7 +145,7 @@ CATALOG_SCHEMA = {
         "build_dependencies": {"type": "array", "items": {"type": "string"}},
         "build_subdirectory": {"type": "string"},
         "enabled": {"type": "boolean"},
-        "tier": {"type": "integer", "enum": [1, 3, 5]},
+        "tier": {"type": "integer", "minimum": 1, "maximum": 5},
     },
 }
 
@@ -150,7 +155,7 @@ def test_extensions_index_entry_is_valid():
     entry = json.loads((EXTENSION / "MedSAM.json").read_text())
     jsonschema.validate(entry, CATALOG_SCHEMA)
     assert entry["$schema"].endswith("slicer-extension-catalog-entry-schema-v1.0.1.json#")
-    assert entry["category"] == re.search(r'EXTENSION_CATEGORY "([^"]+)"', (EXTENSION / "CMakeLists.txt").read_text()).group(1)
+    assert entry["category"] == "Segmentation"
 
 
 def test_icon_is_a_128_pixel_png():
@@ -169,6 +174,6 @@ def test_the_build_time_library_test_passes():
     test_module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(test_module)
     suite = unittest.defaultTestLoader.loadTestsFromModule(test_module)
-    assert suite.countTestCases() == 4
+    assert suite.countTestCases() == 5
     outcome = unittest.TextTestRunner(verbosity=0).run(suite)
     assert outcome.wasSuccessful(), outcome.failures + outcome.errors

@@ -10,8 +10,10 @@ reach the Logic. How the real Qt widgets look and behave is not tested here.
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import sys
+import threading
 import time
 import types
 import xml.etree.ElementTree as ET
@@ -21,6 +23,7 @@ import numpy as np
 import pytest
 
 slicer = pytest.importorskip("slicer", reason="needs the slicer-core package (Linux, Python 3.11)")
+import vtk  # noqa: E402
 
 MODULE_DIR = Path(__file__).resolve().parents[1] / "slicer_extension" / "MedSAM"
 sys.path.insert(0, str(MODULE_DIR))
@@ -131,12 +134,17 @@ class FakeQt(types.SimpleNamespace):
     pass
 
 
+SETTINGS_THREADS = []  # the thread of every QSettings use (QSettings belongs to the main thread)
+
+
 def fake_qt(settings):
     class QSettings:
         def value(self, key, default=None):
+            SETTINGS_THREADS.append(threading.current_thread())
             return settings.get(key, default)
 
         def setValue(self, key, value):
+            SETTINGS_THREADS.append(threading.current_thread())
             settings[key] = value
 
     class QTimer(Widget):
@@ -193,31 +201,90 @@ class Dialogs:
         self.infos.append(text)
 
 
-@pytest.fixture
-def panel(monkeypatch):
-    """A MedSAMWidget set up on a fresh scene with stand-in Qt, dialogs and slice views."""
+class LayoutManager:
+    """A stand-in for qSlicerLayoutManager: slice view names, their widgets, and layoutChanged(int)."""
+
+    def __init__(self, slice_nodes):
+        self.slice_nodes = slice_nodes
+        self._slots = []
+
+    def sliceViewNames(self):
+        return list(self.slice_nodes)
+
+    def sliceWidget(self, name):
+        node = self.slice_nodes.get(name)
+        return types.SimpleNamespace(mrmlSliceNode=lambda: node) if node is not None else None
+
+    def connect(self, signal, slot):
+        assert signal == "layoutChanged(int)"
+        self._slots.append(slot)
+
+    def disconnect(self, signal, slot):
+        self._slots.remove(slot)
+
+    def switch_layout(self, layout_id):
+        """What a layout change does: new views exist, then layoutChanged(int) is emitted."""
+        for slot in list(self._slots):
+            slot(*(layout_id,)[:accepted_arguments(slot, 1)])
+
+
+def add_slice_node(scene, name, orientation):
+    """A slice node as Slicer's layout makes it: layout name (singleton tag) "Red" -> ID vtkMRMLSliceNodeRed."""
+    node = slicer.vtkMRMLSliceNode()
+    node.SetName(name)
+    node.SetLayoutName(name)
+    node.GetSliceToRAS().DeepCopy(MedSAM._matrix_from_array(VIEWS[orientation]))
+    scene.AddNode(node)
+    return node
+
+
+def application_scene():
+    """A scene with what the Slicer application adds before any module widget exists.
+
+    The "default" crosshair (qSlicerCoreApplication::setMRMLScene, Base/QTCore/qSlicerCoreApplication.cxx),
+    the selection node singleton (vtkMRMLApplicationLogic) and the Markups logic observing the scene,
+    which makes every markups node added the active place node (vtkSlicerMarkupsLogic::OnMRMLSceneNodeAdded).
+    """
     scene = slicer.vtkMRMLScene()
+    crosshair = slicer.vtkMRMLCrosshairNode()
+    crosshair.SetCrosshairName("default")
+    scene.AddNode(crosshair)
+    selection = slicer.vtkMRMLSelectionNode()
+    selection.SetSingletonTag("Singleton")
+    scene.AddNode(selection)
+    markups_logic = slicer.vtkSlicerMarkupsLogic()
+    markups_logic.SetMRMLScene(scene)
+    return scene, markups_logic
+
+
+def make_panel(monkeypatch, main_window=True):
+    """A MedSAMWidget set up on a fresh application-like scene with stand-in Qt, dialogs and slice views.
+
+    Without ``main_window`` there is no layout manager and no slice view, as with --no-main-window.
+    """
+    scene, markups_logic = application_scene()
     settings, dialogs, ui = {}, Dialogs(), widgets_from_ui()
     slice_nodes = {}
-    for name, orientation in (("Red", "axial"), ("Yellow", "sagittal"), ("Green", "coronal")):
-        node = scene.AddNewNodeByClass("vtkMRMLSliceNode")
-        node.SetName(name)
-        node.GetSliceToRAS().DeepCopy(MedSAM._matrix_from_array(VIEWS[orientation]))
-        slice_nodes[name] = node
-    layout_manager = types.SimpleNamespace(
-        sliceViewNames=lambda: list(slice_nodes),
-        sliceWidget=lambda name: types.SimpleNamespace(mrmlSliceNode=lambda: slice_nodes[name]) if name in slice_nodes else None)
+    if main_window:
+        for name, orientation in (("Red", "axial"), ("Yellow", "sagittal"), ("Green", "coronal")):
+            slice_nodes[name] = add_slice_node(scene, name, orientation)
+    layout_manager = LayoutManager(slice_nodes) if main_window else None
     app = types.SimpleNamespace(layoutManager=lambda: layout_manager, connect=lambda signal, slot: None)
+    reloads = []
 
     class BaseWidget:
         """What ScriptedLoadableModuleWidget provides (reached through the module's global name)."""
 
         def __init__(self, parent=None):
             self.parent = parent
+            self.moduleName = "MedSAM"
 
         def setup(self):
             self.layout = types.SimpleNamespace(addWidget=lambda widget: None)
             self.resourcePath = lambda relative: str(MODULE_DIR / "Resources" / relative)
+
+        def onReload(self):
+            slicer.util.reloadScriptedModule(self.moduleName)
 
     monkeypatch.setattr(MedSAM, "qt", fake_qt(settings))
     monkeypatch.setattr(MedSAM, "ScriptedLoadableModuleWidget", BaseWidget)
@@ -229,6 +296,7 @@ def panel(monkeypatch):
     monkeypatch.setattr(slicer.util, "errorDisplay", dialogs.error)
     monkeypatch.setattr(slicer.util, "infoDisplay", dialogs.info)
     monkeypatch.setattr(slicer.util, "mainWindow", lambda: None)
+    monkeypatch.setattr(slicer.util, "reloadScriptedModule", reloads.append, raising=False)
     widget = MedSAM.MedSAMWidget()
     widget.setup()
     client = ThresholdClient(MedSAM_THRESHOLD)
@@ -239,12 +307,26 @@ def panel(monkeypatch):
     roi = ui["roiSelector"].currentNode()
     roi.SetCenter(*((np.array(BOX_LOW) + np.array(BOX_HIGH)) / 2))
     roi.SetSize(*(np.array(BOX_HIGH) - np.array(BOX_LOW)))
-    ui["sliceViewComboBox"].setCurrentIndex(ui["sliceViewComboBox"].findData("Red"))
-    yield types.SimpleNamespace(widget=widget, ui=types.SimpleNamespace(**ui), scene=scene, volume=volume, roi=roi,
-                                client=client, dialogs=dialogs, settings=settings, slice_nodes=slice_nodes)
-    if widget._task is not None:
-        widget._task.wait(30)
-    widget.cleanup()  # removes the VTK observers before the scene goes
+    if main_window:
+        ui["sliceViewComboBox"].setCurrentIndex(ui["sliceViewComboBox"].findData("Red"))
+    return types.SimpleNamespace(widget=widget, ui=types.SimpleNamespace(**ui), scene=scene, volume=volume, roi=roi,
+                                 client=client, dialogs=dialogs, settings=settings, slice_nodes=slice_nodes,
+                                 layout_manager=layout_manager, markups_logic=markups_logic, reloads=reloads,
+                                 crosshair=MedSAM.default_crosshair(scene))
+
+
+def close_panel(panel):
+    if panel.widget._task is not None:
+        panel.widget._task.wait(30)
+    panel.widget.cleanup()  # removes the VTK observers before the scene goes
+    panel.markups_logic.SetMRMLScene(None)
+
+
+@pytest.fixture
+def panel(monkeypatch):
+    made = make_panel(monkeypatch)
+    yield made
+    close_panel(made)
 
 
 MedSAM_THRESHOLD = 100.0
@@ -364,8 +446,7 @@ def test_cancel_stops_the_work_and_writes_nothing(panel):
 
 
 def test_the_view_under_the_mouse_sets_the_axis(panel):
-    crosshair = panel.scene.AddNewNodeByClass("vtkMRMLCrosshairNode")
-    crosshair.SetCursorPositionXYZ([10.0, 10.0, 0.0], panel.slice_nodes["Green"])
+    panel.crosshair.SetCursorPositionXYZ([10.0, 10.0, 0.0], panel.slice_nodes["Green"])
     panel.ui.sliceViewComboBox.setCurrentIndex(panel.ui.sliceViewComboBox.findData(""))
     panel.ui.segment3DButton.emit("clicked(bool)", True)
     finish(panel)
@@ -456,3 +537,162 @@ def test_the_local_server_is_started_shown_and_stopped(panel, tmp_path, monkeypa
     panel.ui.stopServerButton.emit("clicked(bool)", True)
     assert not server.is_running() and panel.ui.serverStateLabel.text == "Stopped."
     assert not panel.ui.stopServerButton.enabled
+
+
+# -- issue 15: the extension inside a real 3D Slicer -------------------------------------------------
+
+
+def test_a_quick_request_is_applied_in_the_tick_that_polls_it(panel):
+    """Item 1: each timer tick waits on the task (GIL released, tasks.BackgroundTask.poll), so a request
+    that ends within WORKER_TIME_PER_TICK_S is shown by that tick, not the next one 100 ms later."""
+    health = panel.client.health
+    panel.client.health = lambda: (time.sleep(0.005), health())[1]
+    panel.ui.testConnectionButton.emit("clicked(bool)", True)
+    panel.widget._poll_task()  # the first tick, right after the start
+    assert panel.widget._task is None
+    assert panel.ui.connectionStatusLabel.text.startswith("Connected:")
+
+
+@pytest.mark.parametrize("view, axis", [("Yellow", "sagittal"), ("Green", "coronal")])
+def test_the_last_view_under_the_mouse_is_remembered_after_the_mouse_left_it(panel, view, axis):
+    """Item 2: vtkMRMLSliceViewInteractorStyle sets the cursor on MouseMoveEvent (SetCursorPositionXYZ with
+    the view's slice node) and clears it on LeaveEvent (SetCursorPositionInvalid: slice node null;
+    Libs/MRML/DisplayableManager/vtkMRMLSliceViewInteractorStyle.cxx, Slicer 5.6-5.10). Moving to the
+    panel's button leaves the view, so the click must use the last view the mouse was in."""
+    panel.ui.sliceViewComboBox.setCurrentIndex(panel.ui.sliceViewComboBox.findData(""))
+    panel.crosshair.SetCursorPositionXYZ([20.0, 15.0, 0.0], panel.slice_nodes[view])  # drawing the box there
+    panel.crosshair.SetCursorPositionInvalid()  # the mouse leaves the view for the panel
+    assert panel.crosshair.GetCursorPositionXYZ([0.0, 0.0, 0.0]) is None
+    panel.ui.segment3DButton.emit("clicked(bool)", True)
+    finish(panel)
+    assert panel.dialogs.errors == []
+    assert panel.client.calls[-1][3] == axis
+    assert f"{axis} slices" in panel.ui.statusLabel.text
+
+
+def test_results_show_in_a_segmentation_made_by_the_selector(panel):
+    """Item 4: the selector's "Create new Segmentation" (qMRMLNodeComboBox::addNode through
+    qMRMLNodeFactory::createNode) adds a segmentation without display node; results must still show."""
+    created = panel.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")  # what the node factory does
+    assert created.GetDisplayNode() is None
+    panel.ui.segmentationSelector.setCurrentNode(created)
+    panel.ui.segment3DButton.emit("clicked(bool)", True)
+    finish(panel)
+    assert created.GetSegmentation().GetNumberOfSegments() == 1
+    assert isinstance(created.GetDisplayNode(), slicer.vtkMRMLSegmentationDisplayNode)
+    assert created.GetDisplayNode().GetVisibility()
+
+
+def test_the_panel_works_without_a_main_window(monkeypatch):
+    """Item 6: Slicer's generic module test builds the widget with --no-main-window
+    (slicerMacroBuildScriptedModule WITH_GENERIC_TESTS, CMake/SlicerMacroBuildScriptedModule.cmake;
+    qSlicerModuleGenericTest.py.in test_widgetRepresentation), where qSlicerApplication::layoutManager()
+    is null: only qSlicerMainWindow sets it (Base/QTApp/qSlicerMainWindow.cxx)."""
+    panel = make_panel(monkeypatch, main_window=False)
+    try:
+        combo = panel.ui.sliceViewComboBox
+        assert [data for _, data in combo.items] == [""]  # only "Last view under the mouse"
+        panel.ui.segment3DButton.emit("clicked(bool)", True)
+        assert panel.widget._task is None
+        assert len(panel.dialogs.errors) == 1 and "no slice view named Red" in panel.dialogs.errors[0]
+        assert "Segment 3D:" in panel.ui.boxRangeLabel.text
+    finally:
+        close_panel(panel)
+
+
+def test_slice_views_of_a_new_layout_are_listed(panel):
+    """Item 6: qMRMLLayoutManager emits layoutChanged(int) after building the new layout's views
+    (Libs/MRML/Widgets/qMRMLLayoutManager.cxx, setLayoutInternal): the list follows, keeping the choice."""
+    combo = panel.ui.sliceViewComboBox
+    assert [data for _, data in combo.items] == ["", "Red", "Yellow", "Green"]
+    panel.slice_nodes["Slice4"] = add_slice_node(panel.scene, "Slice4", "coronal")
+    panel.layout_manager.switch_layout(6)
+    assert [data for _, data in combo.items] == ["", "Red", "Yellow", "Green", "Slice4"]
+    assert combo.currentData == "Red"
+    combo.setCurrentIndex(combo.findData("Slice4"))
+    panel.ui.segment3DButton.emit("clicked(bool)", True)
+    finish(panel)
+    assert panel.client.calls[-1][3] == "coronal"
+    panel.widget.cleanup()
+    assert panel.layout_manager._slots == []  # a reloaded or closed panel is not called any more
+
+
+def test_qt_settings_are_used_on_the_main_thread_only(panel):
+    """Item 7: consent lives in QSettings, checked by prepare() on the main thread; the worker must not
+    read it (the stand-in QSettings records the thread of every use)."""
+    SETTINGS_THREADS.clear()
+    panel.ui.segment3DButton.emit("clicked(bool)", True)
+    finish(panel)
+    assert panel.dialogs.errors == [] and panel.widget.logic.can_undo()
+    assert SETTINGS_THREADS and set(SETTINGS_THREADS) == {threading.main_thread()}
+
+
+def test_entering_the_module_makes_the_box_the_active_place_node(panel):
+    """Item 8: vtkSlicerMarkupsLogic::OnMRMLSceneNodeAdded makes every markups node added the active place
+    node (SetActiveList; Modules/Loadable/Markups/Logic, Slicer 5.6-5.10), so after the box and the two
+    point lists the exclude points would be placed by the Markups toolbar. The box must be."""
+    selection = panel.scene.GetNodeByID("vtkMRMLSelectionNodeSingleton")
+    assert selection.GetActivePlaceNodeID() == panel.roi.GetID()
+    assert selection.GetActivePlaceNodeClassName() == "vtkMRMLMarkupsROINode"
+    # Re-entering with the nodes in place keeps what the user chose meanwhile.
+    exclude = panel.ui.excludePointsSelector.currentNode()
+    MedSAM.make_active_place_node(panel.scene, exclude)
+    panel.widget.exit()
+    panel.widget.enter()
+    assert selection.GetActivePlaceNodeID() == exclude.GetID()
+
+
+def test_the_panel_shows_the_slices_segment_3d_will_cover(panel):
+    """Item 9: a box drawn in one slice view (two control points in that plane) gets a depth equal to its
+    shortest in-plane side (vtkMRMLMarkupsROINode::UpdateBoxROIFromControlPoints, Libs/MRML/Core, run here
+    by slicer-core's MRML). The panel shows the slices that depth covers before anything is sent, and
+    follows the box as it is resized."""
+    roi = panel.scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "drawn in Red")
+    roi.AddControlPoint(vtk.vtkVector3d(-8.0, -6.0, 1.0))  # the two corners, clicked on the axial slice z = 1
+    roi.AddControlPoint(vtk.vtkVector3d(14.0, 3.0, 1.0))
+    assert roi.GetSize()[2] == pytest.approx(9.0)  # the shortest in-plane side (22 x 9 mm)
+    panel.ui.roiSelector.setCurrentNode(roi)
+    shown = panel.ui.boxRangeLabel.text
+    assert "axial slices" in shown and "9.0 mm deep" in shown
+    panel.ui.segment3DButton.emit("clicked(bool)", True)
+    finish(panel)
+    result = panel.ui.statusLabel.text
+    covered = result.split("axial slices ")[1].split(" ")[0].rstrip(".")
+    assert f"axial slices {covered} " in shown  # what was shown is what Segment 3D did
+    roi.SetSize(22.0, 9.0, 24.0)  # resized in a perpendicular view
+    assert panel.ui.boxRangeLabel.text != shown and "24.0 mm deep" in panel.ui.boxRangeLabel.text
+    panel.ui.sliceViewComboBox.setCurrentIndex(panel.ui.sliceViewComboBox.findData("Yellow"))
+    assert "sagittal slices" in panel.ui.boxRangeLabel.text
+
+
+def test_reload_reloads_the_library_too(panel, monkeypatch):
+    """Item 10: slicer.util.reloadScriptedModule re-executes MedSAM.py only (Base/Python/slicer/util.py,
+    Slicer 5.6-5.10), whose imports would get the MedSAMLib modules already loaded."""
+    saved = {name: module for name, module in sys.modules.items() if name.split(".")[0] in ("MedSAM", "MedSAMLib")}
+
+    def reload_like_slicer(module_name):
+        """What reloadScriptedModule does to the code (Slicer 5.10: importlib from the module's file)."""
+        spec = importlib.util.spec_from_file_location(module_name, MODULE_DIR / f"{module_name}.py")
+        reloaded = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = reloaded
+        spec.loader.exec_module(reloaded)
+
+    def failing_reload(module_name):
+        raise SyntaxError("a bad edit in MedSAMLib/geometry.py")
+
+    try:
+        old_geometry = sys.modules["MedSAMLib.geometry"]
+        monkeypatch.setattr(slicer.util, "reloadScriptedModule", reload_like_slicer)
+        panel.widget.onReload()
+        assert sys.modules["MedSAMLib.geometry"] is not old_geometry
+        assert sys.modules["MedSAM"].geometry is sys.modules["MedSAMLib.geometry"]
+
+        working = {name: module for name, module in sys.modules.items() if name.startswith("MedSAMLib")}
+        monkeypatch.setattr(slicer.util, "reloadScriptedModule", failing_reload)
+        with pytest.raises(SyntaxError):
+            panel.widget.onReload()
+        assert {name: module for name, module in sys.modules.items() if name.startswith("MedSAMLib")} == working
+    finally:
+        for name in [name for name in sys.modules if name.split(".")[0] in ("MedSAM", "MedSAMLib")]:
+            del sys.modules[name]
+        sys.modules.update(saved)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import unittest
 from dataclasses import dataclass, field
@@ -94,6 +95,8 @@ class MedSAM(ScriptedLoadableModule):
             "structure in it, on that slice or through the box's slices in 3D. Results go into the chosen "
             "segment; Ctrl+Z undoes the last MedSAM action. The model runs in a separate 'medsam serve' "
             "server (started from this panel or elsewhere); the image is sent to it only after you agree. "
+            "A box drawn in one slice view is as deep as its shortest side there, so Segment 3D covers that many "
+            "millimetres: resize the box in a perpendicular view to cover more; the panel shows the slices covered. "
             f"Shortcuts: {SHORTCUT_SEGMENT_SLICE} segment slice, {SHORTCUT_SEGMENT_3D} segment 3D, "
             "Ctrl+Z undo, Escape cancel."
         )
@@ -133,6 +136,8 @@ class SegmentRequest:
     server_url: str
     session_key: tuple
     volume_array: Optional[np.ndarray] = field(default=None, repr=False)
+    # The consent store's revocation count for server_url when prepare() found consent given.
+    consent_revocations: Optional[int] = None
 
     @property
     def propagate(self) -> bool:
@@ -173,6 +178,18 @@ def ensure_segmentation_converters() -> None:
     if len(factory.GetConverterRules()) == 0:
         factory.RegisterConverterRule(slicer.vtkBinaryLabelmapToClosedSurfaceConversionRule())
         factory.RegisterConverterRule(slicer.vtkClosedSurfaceToBinaryLabelmapConversionRule())
+
+
+def ensure_display_nodes(segmentation_node) -> None:
+    """Give a segmentation its display node when it has none, so that results written into it show.
+
+    A segmentation made with a node selector's "Create new Segmentation" has none: qMRMLNodeComboBox::addNode
+    goes through qMRMLNodeFactory::createNode, which adds the bare node to the scene (Libs/MRML/Widgets);
+    only the Segment Editor calls CreateDefaultDisplayNodes (qMRMLSegmentEditorWidget.cxx, on selecting a
+    segmentation). Slicer 5.6-5.10.
+    """
+    if segmentation_node is not None and segmentation_node.GetDisplayNode() is None:
+        segmentation_node.CreateDefaultDisplayNodes()
 
 
 def _array_from_matrix(matrix: vtk.vtkMatrix4x4) -> np.ndarray:
@@ -369,6 +386,7 @@ class MedSAMLogic(ScriptedLoadableModuleLogic):
         slice_range = geometry.box_slice_range(box, voxel_axis)
         points = self.prompt_points(include_points_node, exclude_points_node, ijk_to_ras, shape_ijk,
                                     slice_range, voxel_axis)
+        # Checked here, on the main thread: the store reads Qt settings, which the worker must not touch.
         self.consent.require(server_url)
         key = self._session_key(server_url, volume_node, ijk_to_ras, modality, window)
         with self._sessions_lock:
@@ -383,7 +401,7 @@ class MedSAMLogic(ScriptedLoadableModuleLogic):
             shape_kji=(shape_ijk[2], shape_ijk[1], shape_ijk[0]), ijk_to_ras=ijk_to_ras, axis=axis,
             voxel_axis=voxel_axis, box_ijk=tuple(int(v) for v in box), slice_range=slice_range, points=points,
             merge=merge, modality=modality, window=window, server_url=server_url, session_key=key,
-            volume_array=volume_array,
+            volume_array=volume_array, consent_revocations=self.consent.revocation_count(server_url),
         )
 
     def _check_segmentation(self, segmentation_node, volume_node, segment_id, new_segment_name) -> None:
@@ -416,6 +434,32 @@ class MedSAMLogic(ScriptedLoadableModuleLogic):
             raise MedSAMError(f"The box does not cover any voxel of '{name}' on the slice in view ({axis} {index}).")
         return box
 
+    def segment_3d_coverage(self, volume_node, roi_node, slice_view) -> str:
+        """One line for the panel: the slices the next Segment 3D covers, or why it cannot run yet.
+
+        A box drawn in one slice view gets a depth equal to its shortest in-plane side: a Markups ROI
+        placed with two control points in one plane has one zero size, which
+        vtkMRMLMarkupsROINode::UpdateBoxROIFromControlPoints (Libs/MRML/Core, Slicer 5.6-5.10) replaces
+        by the smallest non-zero size. So the slice count depends on the box's shape until the box
+        is resized in a perpendicular view; this line shows it before anything is sent.
+        """
+        if volume_node is None:
+            return ""
+        try:
+            ijk_to_ras, shape_ijk = self.volume_geometry(volume_node)
+            axis, _ = geometry.view_axis(self._slice_to_ras(slice_view), self.max_oblique_degrees, self.oblique_views)
+            voxel_axis = geometry.slicing_voxel_axis(ijk_to_ras, axis)
+            box = self._box_for_action(ACTION_3D, roi_node, slice_view, ijk_to_ras, shape_ijk, axis, voxel_axis,
+                                       volume_node)
+        except (MedSAMError, geometry.GeometryError) as error:
+            return f"Segment 3D: {str(error)[:1].lower()}{str(error)[1:]}"
+        first, last = geometry.box_slice_range(box, voxel_axis)
+        low, high = self.roi_ras_bounds(roi_node)
+        world = geometry.WORLD_AXIS_OF_SLICING_AXIS[axis]
+        depth = float(high[world] - low[world])
+        return (f"Segment 3D: {axis} slices {first}-{last} ({last - first + 1} of {shape_ijk[voxel_axis]}); "
+                f"the box is {depth:.1f} mm deep along {axis}.")
+
     @staticmethod
     def _session_key(server_url, volume_node, ijk_to_ras, modality, window) -> tuple:
         # The image data's modification time changes whenever its voxels do; VTK's clock is global,
@@ -429,10 +473,10 @@ class MedSAMLogic(ScriptedLoadableModuleLogic):
             cancel: Optional[Callable[[], bool]] = None) -> np.ndarray:
         """Upload the volume if the server does not have it yet, then segment; returns labels [k, j, i].
 
-        Touches no MRML node, so it may run in a worker thread. Raises :class:`SessionLost` when the
-        server forgot the upload (prepare again with ``force_upload=True``).
+        Touches no MRML node and no Qt object, so it may run in a worker thread. Raises
+        :class:`SessionLost` when the server forgot the upload (prepare again with ``force_upload=True``).
         """
-        self.consent.require(request.server_url)
+        self._check_consent_still_given(request)
         session_id = self._session_for(client, request)
         try:
             labels = client.segment(session_id, request.box_ijk, axis=request.axis, propagate=request.propagate,
@@ -448,6 +492,16 @@ class MedSAMLogic(ScriptedLoadableModuleLogic):
             raise MedSAMError(f"The server returned labels of shape {labels.shape} for a volume of shape "
                               f"{tuple(request.shape_kji)} (K, J, I); is it a compatible medsam version?")
         return labels
+
+    def _check_consent_still_given(self, request: SegmentRequest) -> None:
+        """Refuse a request that prepare() did not clear, or whose consent was withdrawn since.
+
+        Reads the store's in-memory revocation count only: the stored agreements live in Qt settings
+        (QSettings), which may only be used from the main thread, where prepare() checked them.
+        """
+        revocations = self.consent.revocation_count(request.server_url)
+        if request.consent_revocations is None or revocations != request.consent_revocations:
+            raise consent.ConsentRequired(request.server_url)
 
     def _session_for(self, client, request: SegmentRequest) -> str:
         with self._sessions_lock:
@@ -491,6 +545,7 @@ class MedSAMLogic(ScriptedLoadableModuleLogic):
         _, shape_ijk = self.volume_geometry(volume_node)
         if (shape_ijk[2], shape_ijk[1], shape_ijk[0]) != tuple(request.shape_kji):
             raise MedSAMError(f"'{_node_name(volume_node)}' changed size while segmenting; nothing was written.")
+        ensure_display_nodes(segmentation_node)
         segment_id, created = self._target_segment(segmentation_node, volume_node, request)
         try:
             current = self.read_segment(segmentation_node, segment_id, volume_node)
@@ -529,8 +584,39 @@ class MedSAMLogic(ScriptedLoadableModuleLogic):
 
     def read_segment(self, segmentation_node, segment_id: str, volume_node) -> np.ndarray:
         """The segment on the volume's voxel grid as uint8 0/1, indexed [k, j, i]."""
+        values, _ = self._segment_on_volume_grid(segmentation_node, segment_id, volume_node, beyond_volume=False)
+        return values
+
+    def write_segment(self, segmentation_node, segment_id: str, volume_node, mask_kji: np.ndarray) -> None:
+        """Replace the segment on the volume's grid by ``mask_kji`` (uint8 0/1, [k, j, i]).
+
+        Whatever the segment holds outside the volume is written back unchanged: MODE_REPLACE makes the
+        written image the whole segment (vtkSegmentationModifier::AppendLabelmapToSegment copies it over
+        the segment's labelmap with vtkOrientedImageDataResample::CopyImage; Libs/vtkSegmentationCore).
+        """
+        values, extent = self._segment_on_volume_grid(segmentation_node, segment_id, volume_node, beyond_volume=True)
+        shape_kji = np.asarray(mask_kji).shape
+        block = tuple(slice(-extent[2 * axis], -extent[2 * axis] + shape_kji[2 - axis]) for axis in (2, 1, 0))
+        values[block] = np.asarray(mask_kji) > 0
+        image = self._oriented_image(volume_node, allocate=True, extent=extent)
+        numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] = values.ravel()
+        image.Modified()
+        logic = slicer.vtkSlicerSegmentationsModuleLogic
+        if not logic.SetBinaryLabelmapToSegment(image, segmentation_node, segment_id, logic.MODE_REPLACE, image.GetExtent()):
+            raise MedSAMError(f"Could not write into segment {segment_id!r} of '{_node_name(segmentation_node)}'.")
+
+    def _segment_on_volume_grid(self, segmentation_node, segment_id: str, volume_node, beyond_volume: bool):
+        """``(values, extent)``: the segment as uint8 0/1 [k, j, i] on the volume's voxel grid.
+
+        The extent (i0, i1, j0, j1, k0, k1, in the volume's voxel indices) is the volume's own or, with
+        ``beyond_volume``, the union of the volume's and the segment's: padImage of
+        vtkOrientedImageDataResample::ResampleOrientedImageToReferenceOrientedImage (Slicer 5.6-5.10) pads
+        the output to that union, so it only reshapes to the volume when the segment's labelmap lies
+        inside it. A segmentation made on another, larger image reaches outside, so reading (and apply,
+        and undo) takes the volume's extent (padImage=False) and writing the union.
+        """
         _, shape_ijk = self.volume_geometry(volume_node)
-        shape_kji = (shape_ijk[2], shape_ijk[1], shape_ijk[0])
+        volume_extent = (0, shape_ijk[0] - 1, 0, shape_ijk[1] - 1, 0, shape_ijk[2] - 1)
         segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
         if segment is None:
             raise MedSAMError(f"No segment {segment_id!r} in '{_node_name(segmentation_node)}'.")
@@ -540,35 +626,27 @@ class MedSAMLogic(ScriptedLoadableModuleLogic):
         if not logic.GetSegmentBinaryLabelmapRepresentation(segmentation_node, segment_id, labelmap, False):
             raise MedSAMError(f"Could not read segment '{segment.GetName()}' as a labelmap.")
         if labelmap.IsEmpty() or labelmap.GetPointData().GetScalars() is None:
-            return np.zeros(shape_kji, dtype=np.uint8)
-        reference = self._oriented_image(volume_node, allocate=False)
+            return np.zeros(shape_ijk[::-1], dtype=np.uint8), volume_extent
         resampled = slicer.vtkOrientedImageData()
         if not slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
-                labelmap, reference, resampled, False, True):
+                labelmap, self._oriented_image(volume_node, allocate=False), resampled, False, beyond_volume):
             raise MedSAMError(f"Could not bring segment '{segment.GetName()}' onto the volume's grid.")
+        extent = tuple(int(v) for v in resampled.GetExtent())
+        shape_kji = tuple(extent[2 * axis + 1] - extent[2 * axis] + 1 for axis in (2, 1, 0))
         values = numpy_support.vtk_to_numpy(resampled.GetPointData().GetScalars()).reshape(shape_kji)
         # Segments can share one labelmap layer; this segment is the voxels with its label value.
-        return (values == segment.GetLabelValue()).astype(np.uint8)
-
-    def write_segment(self, segmentation_node, segment_id: str, volume_node, mask_kji: np.ndarray) -> None:
-        """Replace the segment by ``mask_kji`` (uint8 0/1 on the volume's grid, [k, j, i])."""
-        image = self._oriented_image(volume_node, allocate=True)
-        scalars = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())
-        scalars[:] = (np.asarray(mask_kji) > 0).astype(np.uint8).ravel()
-        image.Modified()
-        logic = slicer.vtkSlicerSegmentationsModuleLogic
-        if not logic.SetBinaryLabelmapToSegment(image, segmentation_node, segment_id, logic.MODE_REPLACE, image.GetExtent()):
-            raise MedSAMError(f"Could not write into segment {segment_id!r} of '{_node_name(segmentation_node)}'.")
+        return (values == segment.GetLabelValue()).astype(np.uint8), extent
 
     @staticmethod
-    def _oriented_image(volume_node, allocate: bool):
-        """An oriented image with the volume's grid (node coordinates), uint8 scalars if ``allocate``."""
+    def _oriented_image(volume_node, allocate: bool, extent=None):
+        """An oriented image on the volume's grid (node coordinates), over the volume or ``extent``;
+        uint8 scalars if ``allocate``."""
         matrix = vtk.vtkMatrix4x4()
         volume_node.GetIJKToRASMatrix(matrix)
         dimensions = volume_node.GetImageData().GetDimensions()
         image = slicer.vtkOrientedImageData()
         image.SetImageToWorldMatrix(matrix)
-        image.SetExtent(0, dimensions[0] - 1, 0, dimensions[1] - 1, 0, dimensions[2] - 1)
+        image.SetExtent(*(extent or (0, dimensions[0] - 1, 0, dimensions[1] - 1, 0, dimensions[2] - 1)))
         if allocate:
             image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
         return image
@@ -620,6 +698,62 @@ class MedSAMLogic(ScriptedLoadableModuleLogic):
 #
 
 
+def default_crosshair(scene):
+    """The crosshair node the slice views report the mouse position to, or None.
+
+    vtkMRMLSliceViewInteractorStyle writes the mouse position into the node that
+    vtkMRMLCrosshairDisplayableManager::FindCrosshairNode returns: the one whose crosshair name is
+    "default" (Libs/MRML/DisplayableManager, Slicer 5.6-5.10).
+    """
+    crosshairs = scene.GetNodesByClass("vtkMRMLCrosshairNode")
+    nodes = [crosshairs.GetItemAsObject(index) for index in range(crosshairs.GetNumberOfItems())]
+    return next((node for node in nodes if node.GetCrosshairName() == "default"), None)
+
+
+def slice_node_of_view(scene, view_name: str):
+    """The slice node of the slice view ``view_name`` ("Red", "Yellow"...), or None.
+
+    The layout manager finds views by their node's name (qMRMLLayoutViewFactory::viewNodeByName), which
+    for slice views is their layout name (vtkMRMLLayoutLogic::CreateViewFromAttributes); without a main
+    window there is no layout manager (qSlicerApplication::layoutManager is set by qSlicerMainWindow only,
+    Base/QTApp/qSlicerMainWindow.cxx), so the scene is searched the same way.
+    """
+    layout_manager = slicer.app.layoutManager() if hasattr(slicer, "app") else None
+    widget = layout_manager.sliceWidget(view_name) if layout_manager is not None else None
+    if widget is not None:
+        return widget.mrmlSliceNode()
+    nodes = scene.GetNodesByClass("vtkMRMLSliceNode")
+    candidates = [nodes.GetItemAsObject(index) for index in range(nodes.GetNumberOfItems())]
+    return next((node for node in candidates if view_name in (node.GetName(), node.GetLayoutName())), None)
+
+
+def make_active_place_node(scene, markups_node) -> bool:
+    """Make ``markups_node`` the one the Markups toolbar's place mode adds to; False without a selection node.
+
+    Does what vtkSlicerMarkupsLogic::SetActiveList does (Modules/Loadable/Markups/Logic, Slicer 5.6-5.10):
+    set the selection node's active place node class and ID. The Markups logic calls that for every
+    markups node added to the scene (OnMRMLSceneNodeAdded), so the last node created wins otherwise.
+    """
+    selection = scene.GetNodeByID("vtkMRMLSelectionNodeSingleton")  # vtkMRMLApplicationLogic's selection node
+    if selection is None:
+        selection = scene.GetFirstNodeByClass("vtkMRMLSelectionNode")
+    if selection is None or markups_node is None:
+        return False
+    selection.SetReferenceActivePlaceNodeClassName(markups_node.GetClassName())
+    selection.SetReferenceActivePlaceNodeID(markups_node.GetID())
+    return True
+
+
+def forget_library_modules() -> dict:
+    """Remove MedSAMLib and its modules from ``sys.modules``; returns them (to put back on failure).
+
+    slicer.util.reloadScriptedModule re-executes MedSAM.py only (Base/Python/slicer/util.py, Slicer
+    5.6-5.10); its ``from MedSAMLib import ...`` would get the modules already imported.
+    """
+    names = [name for name in sys.modules if name == "MedSAMLib" or name.startswith("MedSAMLib.")]
+    return {name: sys.modules.pop(name) for name in names}
+
+
 def settings_value(key: str, default: Any = "") -> Any:
     value = qt.QSettings().value(SETTINGS_PREFIX + key)
     return default if value is None or value == "" else value
@@ -648,6 +782,12 @@ class MedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._local_server = None
         self._shortcuts = []
         self._observed_segmentation = None
+        self._observed_roi = None
+        self._observed_crosshair = None
+        self._layout_manager = None
+        # The last slice view the mouse was in: Slicer clears the crosshair's cursor slice node when the
+        # mouse leaves a view, so it is None by the time a button is clicked (see _on_cursor_moved).
+        self._last_slice_node_id = None
         self._discard_message = None  # set when the running task's result must be dropped
 
     # -- set up ------------------------------------------------------------------------------
@@ -666,11 +806,72 @@ class MedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer.setInterval(100)
         self._timer.connect("timeout()", self._poll_task)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self._observe_crosshair()
+        self._follow_layout_changes()
         # The local server ends with Slicer (atexit in server_process covers crashes of the GUI).
         slicer.app.connect("aboutToQuit()", self.stopLocalServer)
         self._set_busy(False)
         self.onVolumeChanged(self.ui.volumeSelector.currentNode())
         self.onSegmentationChanged(self.ui.segmentationSelector.currentNode())
+        self.onRoiChanged(self.ui.roiSelector.currentNode())
+
+    def _follow_layout_changes(self):
+        """List the slice views again whenever the layout changes (a new layout may add views).
+
+        There is no layout manager without a main window (--no-main-window, as Slicer's generic module
+        test runs: CMake/SlicerMacroBuildScriptedModule.cmake, WITH_GENERIC_TESTS); then nothing to follow.
+        qMRMLLayoutManager emits layoutChanged(int) after creating the new layout's views
+        (Libs/MRML/Widgets/qMRMLLayoutManager.cxx, setLayoutInternal).
+        """
+        self._layout_manager = slicer.app.layoutManager()
+        if self._layout_manager is not None:
+            self._layout_manager.connect("layoutChanged(int)", self._refresh_slice_views)
+
+    def _stop_following_layout_changes(self):
+        if self._layout_manager is not None:
+            self._layout_manager.disconnect("layoutChanged(int)", self._refresh_slice_views)
+            self._layout_manager = None
+
+    def _refresh_slice_views(self, *_):
+        """The slice view choices: the last view under the mouse, then every slice view of the layout."""
+        combo = self.ui.sliceViewComboBox
+        keep = combo.currentData
+        was_blocked = combo.blockSignals(True)
+        combo.clear()
+        combo.addItem("Last view under the mouse", "")
+        layout_manager = slicer.app.layoutManager()
+        for name in (layout_manager.sliceViewNames() if layout_manager is not None else []):
+            combo.addItem(name, name)
+        index = combo.findData(keep) if keep else 0
+        combo.setCurrentIndex(max(index, 0))
+        combo.blockSignals(was_blocked)
+        self._update_coverage()
+
+    def _observe_crosshair(self):
+        """Follow the mouse across slice views (once the application's crosshair node exists)."""
+        crosshair = default_crosshair(slicer.mrmlScene)
+        if crosshair is None or crosshair is self._observed_crosshair:
+            return
+        if self._observed_crosshair is not None:
+            self.removeObserver(self._observed_crosshair, slicer.vtkMRMLCrosshairNode.CursorPositionModifiedEvent,
+                                self._on_cursor_moved)
+        self._observed_crosshair = crosshair
+        self.addObserver(crosshair, slicer.vtkMRMLCrosshairNode.CursorPositionModifiedEvent, self._on_cursor_moved)
+
+    def _on_cursor_moved(self, crosshair, event=None):
+        """Remember the slice view the mouse is in; a mouse that left all views changes nothing.
+
+        vtkMRMLSliceViewInteractorStyle calls SetCursorPositionXYZ(xyz, sliceNode) on mouse moves and
+        SetCursorPositionInvalid() on LeaveEvent (Libs/MRML/DisplayableManager/vtkMRMLSliceViewInteractorStyle.cxx,
+        Slicer 5.6-5.10), which sets the cursor slice node to null (vtkMRMLCrosshairNode.cxx); both invoke
+        CursorPositionModifiedEvent, which DataProbe.py observes the same way.
+        """
+        slice_node = crosshair.GetCursorPositionXYZ([0.0, 0.0, 0.0])
+        if slice_node is None or slice_node.GetID() == self._last_slice_node_id:
+            return
+        self._last_slice_node_id = slice_node.GetID()
+        if not self.ui.sliceViewComboBox.currentData:
+            self._update_coverage()
 
     def _fill_choices(self):
         self.ui.modalityComboBox.clear()
@@ -682,10 +883,7 @@ class MedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.mergeComboBox.clear()
         self.ui.mergeComboBox.addItem("Replace on the box's slices", "replace")
         self.ui.mergeComboBox.addItem("Add to the segment", "add")
-        self.ui.sliceViewComboBox.clear()
-        self.ui.sliceViewComboBox.addItem("Last view under the mouse", "")
-        for name in slicer.app.layoutManager().sliceViewNames():
-            self.ui.sliceViewComboBox.addItem(name, name)
+        self._refresh_slice_views()
         self.ui.variantComboBox.clear()
         for name in server_process.VARIANTS:
             self.ui.variantComboBox.addItem(name, name)
@@ -731,6 +929,8 @@ class MedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                        (self.ui.excludePointsSelector, self.ui.excludePointsPlaceWidget)):
             selector.connect("currentNodeChanged(vtkMRMLNode*)",
                              lambda node, place_widget=place_widget: place_widget.setCurrentNode(node))
+        self.ui.roiSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onRoiChanged)
+        self.ui.sliceViewComboBox.connect("currentIndexChanged(int)", self._update_coverage)
         self.ui.modalityComboBox.connect("currentIndexChanged(int)", self.onWindowChanged)
         self.ui.windowComboBox.connect("currentIndexChanged(int)", self.onWindowChanged)
         self.ui.testConnectionButton.connect("clicked(bool)", self.onTestConnection)
@@ -744,17 +944,34 @@ class MedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
 
     def enter(self):
-        self._ensure_prompt_nodes()
+        if self._ensure_prompt_nodes():
+            # The Markups logic made the last node created (the exclude points) the active place node:
+            # the toolbar's place mode would add exclude points instead of drawing the box.
+            make_active_place_node(slicer.mrmlScene, self.ui.roiSelector.currentNode())
+        self._observe_crosshair()
         self._install_shortcuts()
+        self._update_coverage()
 
     def exit(self):
         self._uninstall_shortcuts()
 
     def cleanup(self):
         self._uninstall_shortcuts()
+        self._stop_following_layout_changes()
         self.onCancel()
         self.removeObservers()
         self.stopLocalServer()
+
+    def onReload(self):
+        """The developer's Reload: reload MedSAMLib as well as this file (see forget_library_modules)."""
+        previous = forget_library_modules()
+        try:
+            ScriptedLoadableModuleWidget.onReload(self)
+        except Exception:
+            # A reload that failed (a syntax error, say) leaves the modules that were working.
+            forget_library_modules()
+            sys.modules.update(previous)
+            raise
 
     def onSceneStartClose(self, caller, event):
         if self._task is not None:
@@ -785,12 +1002,14 @@ class MedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # -- inputs ---------------------------------------------------------------------------
 
-    def _ensure_prompt_nodes(self):
-        """A box and two point lists to place, so that the user can start drawing at once."""
+    def _ensure_prompt_nodes(self) -> bool:
+        """A box and two point lists to place, so that the user can start drawing at once; True if any was made."""
         scene = slicer.mrmlScene
+        created = False
         if self.ui.roiSelector.currentNode() is None:
             roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "MedSAM box")
             self.ui.roiSelector.setCurrentNode(roi)
+            created = True
         for selector, name, color in ((self.ui.includePointsSelector, "MedSAM include", (0.2, 0.9, 0.2)),
                                       (self.ui.excludePointsSelector, "MedSAM exclude", (0.95, 0.2, 0.2))):
             if selector.currentNode() is None:
@@ -798,11 +1017,34 @@ class MedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 points.CreateDefaultDisplayNodes()
                 points.GetDisplayNode().SetSelectedColor(*color)
                 selector.setCurrentNode(points)
+                created = True
+        return created
 
     def onVolumeChanged(self, volume_node):
         if volume_node is not None:
             self._select_data(self.ui.modalityComboBox, self.logic.guess_modality(volume_node))
         self._update_buttons()
+        self._update_coverage()
+
+    def onRoiChanged(self, roi_node):
+        """Follow the chosen box: its slice range is shown as it is drawn and resized."""
+        if self._observed_roi is not None:
+            self.removeObserver(self._observed_roi, vtk.vtkCommand.ModifiedEvent, self._update_coverage)
+        self._observed_roi = roi_node
+        if roi_node is not None:
+            self.addObserver(roi_node, vtk.vtkCommand.ModifiedEvent, self._update_coverage)
+        self._update_coverage()
+
+    def _update_coverage(self, *_):
+        """Show the slices the next Segment 3D covers (see MedSAMLogic.segment_3d_coverage)."""
+        if self.logic is None:
+            return
+        try:
+            slice_node = self._slice_node()
+        except MedSAMError:
+            slice_node = None
+        self.ui.boxRangeLabel.text = self.logic.segment_3d_coverage(
+            self.ui.volumeSelector.currentNode(), self.ui.roiSelector.currentNode(), slice_node)
 
     def onSegmentationChanged(self, segmentation_node):
         if self._observed_segmentation is not None:
@@ -851,20 +1093,17 @@ class MedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                        self.ui.windowLevelSpinBox.value, self.ui.windowWidthSpinBox.value)
 
     def _slice_node(self):
-        """The chosen slice view, or the one the mouse was last in (where the box was drawn)."""
+        """The chosen slice view, or the one the mouse was last in (where the box was drawn), else Red."""
         name = self.ui.sliceViewComboBox.currentData
-        layout_manager = slicer.app.layoutManager()
         if not name:
-            crosshair = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLCrosshairNode")
-            if crosshair is not None:
-                slice_node = crosshair.GetCursorPositionXYZ([0.0, 0.0, 0.0])
-                if slice_node is not None:
-                    return slice_node
+            remembered = slicer.mrmlScene.GetNodeByID(self._last_slice_node_id) if self._last_slice_node_id else None
+            if remembered is not None:
+                return remembered
             name = "Red"
-        widget = layout_manager.sliceWidget(name)
-        if widget is None:
+        slice_node = slice_node_of_view(slicer.mrmlScene, name)
+        if slice_node is None:
             raise MedSAMError(f"There is no slice view named {name} in this layout.")
-        return widget.mrmlSliceNode()
+        return slice_node
 
     def _server(self):
         url = self.ui.serverUrlLineEdit.text.strip()
@@ -1054,11 +1293,14 @@ class MedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if task is None:
             self._timer.stop()
             return
+        # Gives the worker up to tasks.WORKER_TIME_PER_TICK_S with the GIL released: Slicer's main
+        # thread holds the GIL between timer ticks, so the worker would only run during them.
+        finished = task.poll()
         done, total = task.progress()
         if total > 0:
             self.ui.progressBar.setRange(0, total)
             self.ui.progressBar.setValue(done)
-        if not task.done:
+        if not finished:
             return
         self._timer.stop()
         self._task = None
@@ -1192,7 +1434,12 @@ class MedSAMTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Undo restored the segment, then removed the segment it created")
 
     def test_real_server(self):
-        url = os.environ["MEDSAM_TEST_SERVER"]
+        # slicer_add_python_unittest runs every test_* method (slicer.testing.runUnitTest loads the module's
+        # tests with unittest.TestLoader().loadTestsFromName; Base/Python/slicer/testing.py, Slicer 5.6-5.10):
+        # without a server this test is skipped, not failed.
+        url = os.environ.get("MEDSAM_TEST_SERVER")
+        if not url:
+            self.skipTest("set MEDSAM_TEST_SERVER=http://host:port to segment with a real server")
         self.delayDisplay(f"Segmenting with the server at {url}")
         scene = self._scene()
         logic = MedSAMLogic(scene, consent.ConsentStore.in_memory())

@@ -11,7 +11,8 @@ in tests a dict or a file. Nothing here imports Slicer or Qt.
 from __future__ import annotations
 
 import json
-from typing import Callable, Optional
+import threading
+from typing import Callable, Dict, Optional
 from urllib.parse import urlsplit
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -78,6 +79,11 @@ class ConsentStore:
     def __init__(self, read: Callable[[], Optional[str]], write: Callable[[str], None]):
         self._read = read
         self._write = write
+        # Revocations made through this store, counted in memory per address: a worker thread can
+        # tell that the user withdrew consent after it was checked without calling ``read`` (in
+        # Slicer a QSettings, which belongs to the main thread).
+        self._revocations: Dict[str, int] = {}
+        self._lock = threading.Lock()
 
     @classmethod
     def in_memory(cls, initial: Optional[str] = None) -> "ConsentStore":
@@ -110,7 +116,18 @@ class ConsentStore:
     def revoke(self, url: str) -> None:
         """Forget the agreement for ``url`` (the next upload asks again)."""
         key = normalize_server_url(url)
+        with self._lock:
+            self._revocations[key] = self._revocations.get(key, 0) + 1
         self._write(json.dumps([s for s in self.servers() if s != key]))
+
+    def revocation_count(self, url: str) -> int:
+        """How often ``url``'s agreement was revoked through this store; reads memory only (any thread)."""
+        try:
+            key = normalize_server_url(url)
+        except ValueError:
+            return 0
+        with self._lock:
+            return self._revocations.get(key, 0)
 
     def require(self, url: str) -> None:
         """Raise :class:`ConsentRequired` unless the user agreed to send images to ``url``."""

@@ -5,6 +5,15 @@ and completion and applies the result itself, because MRML nodes and Qt widgets 
 touched from the main thread. Cancelling sets a flag the work checks between steps (the MedSAM
 client checks it between slices), so a cancelled request stops at the next slice.
 
+Inside 3D Slicer the worker thread only runs when the main thread lets go of Python's GIL, and
+Slicer's main thread keeps the GIL while it idles in the Qt event loop: PythonQt releases it only
+with thread support enabled (``PythonQt::setEnableThreadSupport``, "turned off by default",
+src/PythonQt.h of the PythonQt revisions CTK pins for Slicer 5.6/5.8), and nothing in Slicer
+5.6-5.10 or in the CTK revisions it builds calls it or ``PyEval_SaveThread``. So each timer tick
+waits on the task for a moment (:meth:`BackgroundTask.poll`): ``Event.wait`` releases the GIL, and
+the worker's HTTP calls run during that wait instead of one GIL hand-over per tick.
+``benchmarks/slicer_gil.py`` measures it in an embedded interpreter that holds the GIL the same way.
+
 Nothing here imports Slicer or Qt.
 """
 
@@ -15,6 +24,10 @@ from typing import Any, Callable, Optional, Tuple
 
 Progress = Callable[[int, int], None]
 CancelCheck = Callable[[], bool]
+
+# Seconds of each GUI timer tick (100 ms) during which the main thread waits on the task with the
+# GIL released: the worker runs ~30% of the time while the GUI stays responsive.
+WORKER_TIME_PER_TICK_S = 0.03
 
 
 class TaskCancelled(RuntimeError):
@@ -67,6 +80,16 @@ class BackgroundTask:
         """``(done, total)`` as last reported by the work; total 0 when unknown."""
         with self._lock:
             return self._progress
+
+    def poll(self, worker_time: float = WORKER_TIME_PER_TICK_S) -> bool:
+        """One timer tick of the GUI: let the worker run up to ``worker_time`` s, then say whether it is done.
+
+        The wait releases the GIL (a main thread that holds it starves the worker) and returns as
+        soon as the work ends, so a quick request is finished within the tick that sees it.
+        """
+        if worker_time > 0 and not self.done:
+            self._finished.wait(worker_time)
+        return self.done
 
     def wait(self, timeout: Optional[float] = None) -> bool:
         """Block until the work ends (for scripts and tests); False on timeout."""

@@ -6,11 +6,12 @@ checks that the Slicer-free library behaves the same inside Slicer.
 
 import itertools
 import sys
+import time
 import unittest
 
 import numpy as np
 
-from MedSAMLib import consent, geometry, options, server_process, undo
+from MedSAMLib import consent, geometry, options, server_process, tasks, undo
 
 
 def _brute_force_box(low, high, ijk_to_ras, shape):
@@ -59,6 +60,17 @@ class MedSAMLibTest(unittest.TestCase):
         self.assertEqual(options.normalize_window("ct", "bone"), "bone")
         command = server_process.serve_command(server_process.ServerSettings(python=sys.executable, port=8200))
         self.assertEqual(command[1:4], ["-m", "medsam_monai.cli", "serve"])
+
+    def test_task_poll_and_consent_revocations(self):
+        # In Slicer the main thread keeps the GIL between timer ticks: poll() must wait with it released.
+        task = tasks.BackgroundTask(lambda progress, cancelled: time.sleep(0.005) or "done").start()
+        self.assertTrue(task.poll(worker_time=5.0))
+        self.assertEqual(task.result(), "done")
+        store = consent.ConsentStore.in_memory()
+        store.grant("http://127.0.0.1:8123")
+        before = store.revocation_count("http://127.0.0.1:8123")
+        store.revoke("http://127.0.0.1:8123/")
+        self.assertEqual(store.revocation_count("http://127.0.0.1:8123"), before + 1)
 
 
 if __name__ == "__main__":
