@@ -41,25 +41,94 @@ def accepted_arguments(slot, offered):
     return min(offered, sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in parameters))
 
 
-class Widget:
-    """A stand-in for any Qt widget: properties as attributes, signals as lists of slots."""
+# Signals as PythonQt exposes them on a widget (``widget.currentIndexChanged.connect(slot)``), by the signature
+# the old style names (``widget.connect("currentIndexChanged(int)", slot)``); both reach the same slots.
+SIGNALS = {"currentIndexChanged": "currentIndexChanged(int)", "currentNodeChanged": "currentNodeChanged(vtkMRMLNode*)",
+           "textChanged": "textChanged(QString)", "currentPathChanged": "currentPathChanged(QString)",
+           "clicked": "clicked(bool)", "toggled": "toggled(bool)", "activated": "activated()", "timeout": "timeout()"}
 
-    def __init__(self, name, cls):
+
+class BoundSignal:
+    def __init__(self, widget, signature):
+        self.widget, self.signature = widget, signature
+
+    def connect(self, slot):
+        self.widget.connect(self.signature, slot)
+
+    def disconnect(self, slot):
+        self.widget.disconnect(self.signature, slot)
+
+
+class Widget:
+    """A stand-in for any Qt widget: properties as attributes, signals as lists of slots.
+
+    As Qt's, setting ``text`` (QLineEdit), ``value`` (spin boxes) or ``currentPath`` (ctkPathLineEdit) to a new
+    value emits the widget's change signal; ``property(name)`` returns the .ui file's dynamic properties
+    (SlicerParameterName), ``className()`` the Qt class, as PythonQt's widgets do.
+    """
+
+    def __init__(self, name, cls, dynamic_properties=None):
+        self._slots = {}
         self.name, self.cls = name, cls
+        self._dynamic_properties = dict(dynamic_properties or {})
         self.enabled = True
         self.visible = True
         self.toolTip = ""
-        self.text = ""
-        self.value = 0.0
-        self.currentPath = ""
-        self._slots = {}
+        self._text, self._value, self._path = "", 0.0, ""
+
+    def className(self):
+        return self.cls
 
     def connect(self, signal, slot):
         self._slots.setdefault(signal, []).append(slot)
 
+    def disconnect(self, signal, slot=None):
+        slots = self._slots.get(signal, [])
+        if slot is None:
+            slots.clear()
+        elif slot in slots:
+            slots.remove(slot)
+
     def emit(self, signal, *args):
-        for slot in self._slots.get(signal, []):
+        for slot in list(self._slots.get(signal, [])):
             slot(*args[:accepted_arguments(slot, len(args))])
+
+    def __getattr__(self, name):
+        if name == "valueChanged":
+            return BoundSignal(self, "valueChanged(int)" if self.cls == "QSpinBox" else "valueChanged(double)")
+        if name in SIGNALS:
+            return BoundSignal(self, SIGNALS[name])
+        raise AttributeError(name)
+
+    @property
+    def text(self):
+        return self._text
+
+    @text.setter
+    def text(self, text):
+        changed, self._text = text != self._text, text
+        if changed:
+            self.emit("textChanged(QString)", text)
+
+    @property
+    def value(self):
+        return self._value
+
+    @value.setter
+    def value(self, value):
+        changed, self._value = value != self._value, value
+        if changed:
+            self.emit("valueChanged(int)" if self.cls == "QSpinBox" else "valueChanged(double)", value)
+
+    @property
+    def currentPath(self):
+        return self._path
+
+    @currentPath.setter
+    def currentPath(self, path):
+        changed, self._path = path != self._path, path
+        if changed:
+            self.emit("currentPathChanged(QString)", path)
 
     def setMRMLScene(self, scene):
         self.scene = scene
@@ -71,26 +140,33 @@ class Widget:
     def setValue(self, value):
         self.value = value
 
+    # Last in the class body: from here on, the name "property" is this method, not the decorator.
+    def property(self, name):
+        return self._dynamic_properties.get(name)  # PythonQt: None for a property the widget does not have
+
 
 class ComboBox(Widget):
-    def __init__(self, name, cls):
-        super().__init__(name, cls)
-        self.items, self.currentIndex, self._blocked = [], -1, False
+    """QComboBox: currentIndexChanged(int) when the index changes (clear() included), unless signals are blocked."""
+
+    def __init__(self, name, cls, dynamic_properties=None):
+        super().__init__(name, cls, dynamic_properties)
+        self.items, self._index, self._blocked = [], -1, False
 
     def clear(self):
-        self.items, self.currentIndex = [], -1
+        self.items = []
+        self.setCurrentIndex(-1)
 
     def addItem(self, text, data=None):
         self.items.append((text, data))
-        if self.currentIndex < 0:
+        if self._index < 0:
             self.setCurrentIndex(0)
 
     def findData(self, data):
         return next((n for n, (_, d) in enumerate(self.items) if d == data), -1)
 
     def setCurrentIndex(self, index):
-        self.currentIndex = index
-        if not self._blocked:
+        changed, self._index = index != self._index, index
+        if changed and not self._blocked:
             self.emit("currentIndexChanged(int)", index)
 
     def blockSignals(self, blocked):
@@ -98,25 +174,37 @@ class ComboBox(Widget):
         return was
 
     @property
+    def currentIndex(self):
+        return self._index
+
+    @currentIndex.setter
+    def currentIndex(self, index):
+        self.setCurrentIndex(index)
+
+    @property
     def count(self):
         return len(self.items)
 
     @property
     def currentData(self):
-        return self.items[self.currentIndex][1] if 0 <= self.currentIndex < len(self.items) else None
+        return self.items[self._index][1] if 0 <= self._index < len(self.items) else None
 
 
 class NodeComboBox(Widget):
-    def __init__(self, name, cls):
-        super().__init__(name, cls)
+    """qMRMLNodeComboBox: currentNodeChanged(vtkMRMLNode*) when the current node changes."""
+
+    def __init__(self, name, cls, dynamic_properties=None):
+        super().__init__(name, cls, dynamic_properties)
         self._node = None
+        self.nodeTypes = ()
 
     def currentNode(self):
         return self._node
 
     def setCurrentNode(self, node):
-        self._node = node
-        self.emit("currentNodeChanged(vtkMRMLNode*)", node)
+        changed, self._node = node is not self._node, node
+        if changed:
+            self.emit("currentNodeChanged(vtkMRMLNode*)", node)
 
 
 class PlaceWidget(Widget):
@@ -124,10 +212,16 @@ class PlaceWidget(Widget):
         self.node = node
 
 
+def dynamic_properties(element):
+    """The widget's properties that are not Qt's own (stdset="0" in a .ui file), as name: text."""
+    return {p.get("name"): p.findtext("string") for p in element.findall("property") if p.get("stdset") == "0"}
+
+
 def widgets_from_ui():
     classes = {"QComboBox": ComboBox, "qMRMLNodeComboBox": NodeComboBox, "qSlicerMarkupsPlaceWidget": PlaceWidget}
     root = ET.parse(MODULE_DIR / "Resources" / "UI" / "MedSAM.ui").getroot()
-    return {w.get("name"): classes.get(w.get("class"), Widget)(w.get("name"), w.get("class")) for w in root.iter("widget")}
+    return {w.get("name"): classes.get(w.get("class"), Widget)(w.get("name"), w.get("class"), dynamic_properties(w))
+            for w in root.iter("widget")}
 
 
 class FakeQt(types.SimpleNamespace):
@@ -276,7 +370,8 @@ def make_panel(monkeypatch, main_window=True):
         """What ScriptedLoadableModuleWidget provides (reached through the module's global name)."""
 
         def __init__(self, parent=None):
-            self.parent = parent
+            # qSlicerAbstractModuleWidget's isEntered: true between the application's enter() and exit().
+            self.parent = parent or types.SimpleNamespace(isEntered=False)
             self.moduleName = "MedSAM"
 
         def setup(self):
@@ -301,7 +396,7 @@ def make_panel(monkeypatch, main_window=True):
     widget.setup()
     client = ThresholdClient(MedSAM_THRESHOLD)
     widget.logic.client_for = lambda url, token=None, timeout=600.0: client
-    widget.enter()
+    enter_module(widget)
     volume = add_volume(scene, *layout_of(phantom_ras(), LAYOUTS["permuted"]))
     ui["volumeSelector"].setCurrentNode(volume)
     roi = ui["roiSelector"].currentNode()
@@ -313,6 +408,17 @@ def make_panel(monkeypatch, main_window=True):
                                  client=client, dialogs=dialogs, settings=settings, slice_nodes=slice_nodes,
                                  layout_manager=layout_manager, markups_logic=markups_logic, reloads=reloads,
                                  crosshair=MedSAM.default_crosshair(scene))
+
+
+def enter_module(widget):
+    """What the application does when the module is shown: isEntered, then the Python enter()."""
+    widget.parent.isEntered = True
+    widget.enter()
+
+
+def exit_module(widget):
+    widget.exit()
+    widget.parent.isEntered = False
 
 
 def close_panel(panel):
@@ -508,9 +614,8 @@ def test_a_server_that_lost_the_image_gets_it_again_once(panel):
 
 @pytest.mark.skipif(sys.platform == "win32", reason="uses a shell-script launcher")
 def test_the_local_server_is_started_shown_and_stopped(panel, tmp_path, monkeypatch):
-    from test_slicer_lib import FAKE_SERVER
-
     from MedSAMLib import server_process
+    from test_slicer_lib import FAKE_SERVER
 
     script = tmp_path / "fake_server.py"
     script.write_text(FAKE_SERVER)
@@ -696,3 +801,125 @@ def test_reload_reloads_the_library_too(panel, monkeypatch):
         for name in [name for name in sys.modules if name.split(".")[0] in ("MedSAM", "MedSAMLib")]:
             del sys.modules[name]
         sys.modules.update(saved)
+
+
+# -- issue 16 item 9: the module per Slicer's scripted-module template ---------------------------------------
+
+
+def test_the_panels_choices_are_the_parameter_nodes(panel):
+    """The widgets write into the parameter node and show what it holds (whoever changed it: a script here)."""
+    ui, parameters = panel.ui, panel.widget._parameterNode
+    raw = parameters.parameterNode
+    assert raw.GetSingletonTag() == "MedSAM" and panel.scene.GetNodeByID(raw.GetID()) is raw
+    assert parameters.inputVolume is panel.volume and parameters.box is panel.roi and parameters.sliceView == "Red"
+    assert parameters.modality == "ct"  # guessed when the volume was chosen
+    ui.mergeComboBox.setCurrentIndex(ui.mergeComboBox.findData("add"))
+    ui.windowComboBox.setCurrentIndex(ui.windowComboBox.findData("custom"))
+    ui.windowLevelSpinBox.value = -600.0
+    ui.newSegmentNameLineEdit.text = "left lung"
+    assert (raw.GetParameter("merge"), raw.GetParameter("windowPreset"), raw.GetParameter("windowLevel"),
+            raw.GetParameter("newSegmentName")) == ("add", "custom", "-600.0", "left lung")
+    assert ui.windowLevelSpinBox.enabled and (ui.windowLevelSpinBox.minimum, ui.windowLevelSpinBox.maximum) == (
+        MedSAM.WINDOW_LEVEL_RANGE)
+
+    parameters.modality = "mr"
+    parameters.sliceView = "Green"
+    other = panel.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "other")
+    other.GetSegmentation().AddEmptySegment("kidney", "kidney")
+    parameters.segmentation = other
+    parameters.segmentID = "kidney"
+    assert ui.modalityComboBox.currentData == "mr" and not ui.windowComboBox.enabled
+    assert ui.sliceViewComboBox.currentData == "Green" and "coronal slices" in ui.boxRangeLabel.text
+    assert ui.segmentationSelector.currentNode() is other
+    assert ui.segmentComboBox.currentData == "kidney" and not ui.newSegmentNameLineEdit.enabled
+    ui.segment3DButton.emit("clicked(bool)", True)
+    finish(panel)
+    assert panel.dialogs.errors == [] and panel.client.calls[-1][3] == "coronal"
+    assert [c[2:] for c in panel.client.calls if c[0] == "create_session"] == [("mr", None)]
+    assert other.GetSegmentation().GetNumberOfSegments() == 1 and "Segment 'kidney'" in ui.statusLabel.text
+
+
+def test_a_parameter_node_changed_while_hidden_shows_on_enter_and_keeps_its_modality(panel):
+    """A scene loaded (or a script run) while the module is not shown: entering shows the node's choices; the
+    modality chosen in it is kept, not guessed again from the volume (a CT volume segmented as MR here)."""
+    exit_module(panel.widget)
+    segmentation = panel.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "saved")
+    kept = segmentation.GetSegmentation().AddEmptySegment("", "spleen")
+    stored = MedSAM.MedSAMParameterNode(panel.widget._parameterNode.parameterNode)  # another wrapper, as a loader's
+    loaded_volume = add_volume(panel.scene, *layout_of(phantom_ras(), LAYOUTS["lps"]), name="loaded")  # air: CT-like
+    stored.inputVolume, stored.modality = loaded_volume, "mr"
+    stored.segmentation, stored.segmentID, stored.sliceView = segmentation, kept, "Yellow"
+    assert panel.ui.modalityComboBox.currentData == "ct"  # the hidden panel does not follow
+    enter_module(panel.widget)
+    ui = panel.ui
+    assert ui.volumeSelector.currentNode() is loaded_volume and ui.modalityComboBox.currentData == "mr"
+    assert ui.segmentationSelector.currentNode() is segmentation and ui.segmentComboBox.currentData == kept
+    assert ui.sliceViewComboBox.currentData == "Yellow"
+    assert [text for text, _ in ui.segmentComboBox.items] == ["spleen", "New segment"]
+
+
+def test_leaving_the_module_stops_the_panel_writing_into_the_parameter_node(panel):
+    """The template's connectGui returns no tag before Slicer 5.10 (wrapper.py at v5.8.0), so its exit() could
+    not disconnect; the panel connects with connectParametersToGui and disconnects on exit."""
+    parameters = panel.widget._parameterNode
+    exit_module(panel.widget)
+    panel.ui.mergeComboBox.setCurrentIndex(panel.ui.mergeComboBox.findData("add"))
+    panel.ui.newSegmentNameLineEdit.text = "typed while hidden"
+    assert parameters.merge == "replace" and parameters.newSegmentName == MedSAM.DEFAULT_SEGMENT_NAME
+    enter_module(panel.widget)
+    assert panel.ui.mergeComboBox.currentData == "replace"  # the node's value is shown again
+    assert panel.ui.newSegmentNameLineEdit.text == MedSAM.DEFAULT_SEGMENT_NAME
+
+
+def test_closing_the_scene_gives_the_panel_a_fresh_parameter_node(panel):
+    """scene.Clear(0) (File > Close Scene) invokes StartCloseEvent, resets the singleton parameter node and
+    invokes EndCloseEvent: the shown panel starts again on the reset node, with new nodes to draw with."""
+    panel.ui.mergeComboBox.setCurrentIndex(panel.ui.mergeComboBox.findData("add"))
+    panel.ui.segment3DButton.emit("clicked(bool)", True)
+    finish(panel)
+    old_box, raw = panel.roi, panel.widget._parameterNode.parameterNode
+    assert panel.widget.logic.can_undo()
+    panel.scene.Clear(0)
+    parameters = panel.widget._parameterNode
+    assert parameters is not None and parameters.parameterNode is raw
+    assert parameters.inputVolume is None and parameters.segmentation is None and parameters.merge == "replace"
+    assert parameters.box is not None and parameters.box is not old_box and parameters.box.GetScene() is panel.scene
+    assert panel.ui.roiSelector.currentNode() is parameters.box and panel.ui.roiPlaceWidget.node is parameters.box
+    assert panel.ui.mergeComboBox.currentData == "replace" and not panel.ui.segment3DButton.enabled
+    assert not panel.widget.logic.can_undo()
+    panel.ui.mergeComboBox.setCurrentIndex(panel.ui.mergeComboBox.findData("add"))
+    assert parameters.merge == "add"  # the panel writes into the new scene's node
+
+
+def test_a_closed_scene_is_not_reinitialized_while_the_module_is_hidden(panel):
+    exit_module(panel.widget)
+    panel.scene.Clear(0)
+    assert panel.widget._parameterNode is None
+    assert panel.scene.GetNumberOfNodesByClass("vtkMRMLMarkupsROINode") == 0  # nothing made behind the user's back
+    enter_module(panel.widget)
+    assert panel.widget._parameterNode is not None and panel.ui.roiSelector.currentNode() is not None
+
+
+def test_a_new_scene_starts_with_the_last_ct_window(panel):
+    """The CT window the user last segmented with is a preference (Qt settings); a scene without MedSAM choices
+    starts with it, a scene with its own keeps its own."""
+    panel.ui.windowComboBox.setCurrentIndex(panel.ui.windowComboBox.findData("lung"))
+    panel.ui.segment3DButton.emit("clicked(bool)", True)
+    finish(panel)
+    assert panel.settings["MedSAM/CTWindow"] == "lung"
+    panel.scene.Clear(0)
+    assert panel.widget._parameterNode.windowPreset == "lung"
+    assert panel.ui.windowComboBox.currentData == "lung"
+    panel.settings["MedSAM/CTWindow"] = "no such window"  # from another version: ignored
+    panel.scene.Clear(0)
+    assert panel.widget._parameterNode.windowPreset == "abdomen"
+
+
+def test_a_segment_that_is_gone_gives_way_to_new_segment(panel):
+    panel.ui.segment3DButton.emit("clicked(bool)", True)
+    finish(panel)
+    parameters = panel.widget._parameterNode
+    assert parameters.segmentID and panel.ui.segmentComboBox.currentData == parameters.segmentID
+    panel.ui.undoButton.emit("clicked(bool)", True)  # undoing the action that made the segment removes it
+    assert parameters.segmentID == "" and panel.ui.segmentComboBox.currentData == ""
+    assert panel.ui.newSegmentNameLineEdit.enabled

@@ -1,9 +1,12 @@
 """MedSAM for 3D Slicer: draw a box on a CT/MR slice, get a 2D or 3D segmentation.
 
 The module talks over HTTP to a ``medsam serve`` server (on this computer, started from the panel,
-or elsewhere); torch never enters Slicer's Python. The Logic works on any MRML scene and runs with
-the ``slicer-core`` package alone (no Qt, no application), which is how it is tested; Qt is only
-imported by the Widget.
+or elsewhere); torch never enters Slicer's Python. It follows Slicer's scripted-module template
+(Utilities/Templates/Modules/Scripted/TemplateKey.py, v5.8.0 and v5.10.0): the module's choices for a
+scene live in its parameter node (:class:`MedSAMParameterNode`), the Widget only wires the panel to that
+node and to the Logic, and the Logic does the work on any MRML scene. Without the application (the
+``slicer-core`` package: MRML, no Qt) the Logic still runs: the two application modules it needs come from
+MedSAMLib/testing.py then, which is how it is tested. Qt is only imported by the Widget.
 """
 
 from __future__ import annotations
@@ -12,13 +15,13 @@ import logging
 import os
 import sys
 import threading
-import unittest
 from dataclasses import dataclass, field
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Annotated, Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
-import vtk
 import slicer
+import vtk
+from slicer import vtkMRMLMarkupsFiducialNode, vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from vtk.util import numpy_support
 
 try:  # Qt exists inside the Slicer application only; the Widget is the only user.
@@ -26,6 +29,7 @@ try:  # Qt exists inside the Slicer application only; the Widget is the only use
 except ImportError:  # slicer-core without the application: the Logic still works.
     qt = None
 
+# The application's own modules; slicer-core has neither (MedSAMLib.testing has stand-ins that behave alike).
 try:
     from slicer.ScriptedLoadableModule import (
         ScriptedLoadableModule,
@@ -33,27 +37,26 @@ try:
         ScriptedLoadableModuleTest,
         ScriptedLoadableModuleWidget,
     )
-except ImportError:  # slicer-core: minimal stand-ins so that the Logic can be imported and used.
-
-    class ScriptedLoadableModule:  # type: ignore[no-redef]
-        def __init__(self, parent):
-            self.parent = parent
-
-    class ScriptedLoadableModuleWidget:  # type: ignore[no-redef]
-        def __init__(self, parent=None):
-            self.parent = parent
-
-    class ScriptedLoadableModuleLogic:  # type: ignore[no-redef]
-        def __init__(self, parent=None):
-            self.parent = parent
-
-    class ScriptedLoadableModuleTest(unittest.TestCase):  # type: ignore[no-redef]
-        def delayDisplay(self, message, msec=0):
-            logging.info(message)
-
-from slicer.util import VTKObservationMixin
+except ModuleNotFoundError:
+    from MedSAMLib.testing import (
+        ScriptedLoadableModule,
+        ScriptedLoadableModuleLogic,
+        ScriptedLoadableModuleTest,
+        ScriptedLoadableModuleWidget,
+    )
+try:
+    from slicer.parameterNodeWrapper import (
+        Choice,
+        GuiConnector,
+        SlicerParameterNamePropertyName,
+        WithinRange,
+        parameterNodeWrapper,
+    )
+except ModuleNotFoundError:
+    from MedSAMLib.testing import Choice, GuiConnector, SlicerParameterNamePropertyName, WithinRange, parameterNodeWrapper
 
 from MedSAMLib import consent, geometry, options, server_process, tasks, undo
+from slicer.util import VTKObservationMixin
 
 ACTION_SLICE = "slice"
 ACTION_3D = "3d"
@@ -104,6 +107,48 @@ class MedSAM(ScriptedLoadableModule):
             "MedSAM: Ma J. et al., Segment anything in medical images, Nature Communications 15, 654 (2024). "
             "Built on 3D Slicer's scripted module template."
         )
+
+
+#
+# MedSAMParameterNode
+#
+
+# The panel's CT window and level limits (HU), those of its spin boxes in MedSAM.ui.
+WINDOW_LEVEL_RANGE = (-3000.0, 5000.0)
+WINDOW_WIDTH_RANGE = (1.0, 8000.0)
+
+
+@parameterNodeWrapper
+class MedSAMParameterNode:
+    """The module's choices for one scene, kept in the scene's MedSAM parameter node (saved with the scene).
+
+    inputVolume - the CT or MR volume to segment.
+    segmentation - the segmentation the results go into; segmentID - its segment to write ("": a new
+        segment named newSegmentName, made by the next action).
+    merge - "replace" (the box's slices become the result) or "add" (the result is added to the segment).
+    box - the Markups ROI drawn around the structure; includePoints, excludePoints - optional point prompts.
+    sliceView - the layout name of the slice view that sets the slicing axis ("Red", "Yellow"...), or ""
+        for the slice view the mouse was last in.
+    modality - "ct" or "mr"; windowPreset - the CT window ("abdomen"... or "custom"), windowLevel and
+        windowWidth (HU) - the custom one.
+
+    The server's address, its access token, the agreements to send images and the local server's settings
+    are not here: they belong to this computer and user, not to the data (Qt settings, see MedSAMWidget).
+    """
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    segmentation: vtkMRMLSegmentationNode
+    segmentID: str = ""
+    newSegmentName: str = DEFAULT_SEGMENT_NAME
+    merge: Annotated[str, Choice(list(geometry.MERGE_MODES))] = "replace"
+    box: vtkMRMLMarkupsROINode
+    includePoints: vtkMRMLMarkupsFiducialNode
+    excludePoints: vtkMRMLMarkupsFiducialNode
+    sliceView: str = ""
+    modality: Annotated[str, Choice(list(options.MODALITIES))] = "ct"
+    windowPreset: Annotated[str, Choice(list(options.WINDOW_CHOICES))] = "abdomen"
+    windowLevel: Annotated[float, WithinRange(*WINDOW_LEVEL_RANGE)] = 40.0
+    windowWidth: Annotated[float, WithinRange(*WINDOW_WIDTH_RANGE)] = 400.0
 
 
 #
@@ -231,6 +276,23 @@ def _is_session_lost(error: BaseException) -> bool:
     return status == 404 and "session" in str(error).lower()
 
 
+def slice_node_of_view(scene, view_name: str):
+    """The slice node of the slice view ``view_name`` ("Red", "Yellow"...), or None.
+
+    The layout manager finds views by their node's name (qMRMLLayoutViewFactory::viewNodeByName), which
+    for slice views is their layout name (vtkMRMLLayoutLogic::CreateViewFromAttributes); without a main
+    window there is no layout manager (qSlicerApplication::layoutManager is set by qSlicerMainWindow only,
+    Base/QTApp/qSlicerMainWindow.cxx), so the scene is searched the same way.
+    """
+    layout_manager = slicer.app.layoutManager() if hasattr(slicer, "app") else None
+    widget = layout_manager.sliceWidget(view_name) if layout_manager is not None else None
+    if widget is not None:
+        return widget.mrmlSliceNode()
+    nodes = scene.GetNodesByClass("vtkMRMLSliceNode")
+    candidates = [nodes.GetItemAsObject(index) for index in range(nodes.GetNumberOfItems())]
+    return next((node for node in candidates if view_name in (node.GetName(), node.GetLayoutName())), None)
+
+
 class MedSAMLogic(ScriptedLoadableModuleLogic):
     """All the work of the module, usable from scripts and tests without the GUI.
 
@@ -254,6 +316,115 @@ class MedSAMLogic(ScriptedLoadableModuleLogic):
         self._clients = {}
         self._sessions_lock = threading.Lock()
         ensure_segmentation_converters()
+
+    # -- the parameter node (the module's choices for the scene) ---------------------------
+
+    def getParameterNode(self, new_defaults: Optional[Dict[str, Any]] = None) -> MedSAMParameterNode:
+        """The scene's MedSAM parameter node, wrapped; a node without choices yet gets ``new_defaults``.
+
+        What the template's Logic returns (``MedSAMParameterNode(super().getParameterNode())``), on this
+        Logic's scene: ScriptedLoadableModuleLogic.getParameterNode/createParameterNode (Base/Python/slicer/
+        ScriptedLoadableModule.py, v5.8.0 and v5.10.0) use slicer.mrmlScene, which the application's Logic has
+        and a script's Logic need not. One vtkMRMLScriptedModuleNode per scene, singleton-tagged with the module
+        name. Closing the scene keeps that node but resets it (no parameters, no ModuleName attribute, which is
+        put back): it starts again like a new one.
+        """
+        node = self.scene.GetSingletonNode(self.moduleName, "vtkMRMLScriptedModuleNode")
+        if node is None:
+            node = self.scene.AddNode(self._new_parameter_node())
+        elif node.GetAttribute("ModuleName") != self.moduleName:
+            node.SetAttribute("ModuleName", self.moduleName)
+        fresh = node.GetParameterCount() == 0
+        parameters = MedSAMParameterNode(node)
+        for name, value in (new_defaults or {}).items() if fresh else ():
+            parameters.setValue(name, value)
+        return parameters
+
+    def _new_parameter_node(self):
+        node = slicer.vtkMRMLScriptedModuleNode()
+        node.SetSingletonTag(self.moduleName)
+        node.SetAttribute("ModuleName", self.moduleName)  # what node selectors filter module parameter nodes by
+        node.SetName(self.scene.GenerateUniqueName(self.moduleName))
+        return node
+
+    def ensure_prompt_nodes(self, parameters: MedSAMParameterNode) -> bool:
+        """Give the parameter node a box and two point lists to place where it has none; True if any was made."""
+        created = False
+        if parameters.box is None:
+            parameters.box = self.scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "MedSAM box")
+            created = True
+        for member, name, color in (("includePoints", "MedSAM include", (0.2, 0.9, 0.2)),
+                                    ("excludePoints", "MedSAM exclude", (0.95, 0.2, 0.2))):
+            if parameters.getValue(member) is None:
+                points = self.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", name)
+                points.CreateDefaultDisplayNodes()
+                points.GetDisplayNode().SetSelectedColor(*color)
+                parameters.setValue(member, points)
+                created = True
+        return created
+
+    def ensure_segmentation(self, parameters: MedSAMParameterNode):
+        """The parameter node's segmentation; one is made (under the volume's transform) when a volume is chosen
+        and no segmentation is. None without a volume."""
+        volume = parameters.inputVolume
+        if parameters.segmentation is None and volume is not None:
+            node = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "MedSAM segmentation")
+            node.CreateDefaultDisplayNodes()
+            node.SetAndObserveTransformNodeID(volume.GetTransformNodeID())  # where the volume is
+            parameters.segmentation = node
+        return parameters.segmentation
+
+    def slice_node_for(self, parameters: MedSAMParameterNode, last_slice_node_id: Optional[str] = None):
+        """The slice node of the parameter node's slice view; for "" the one with ``last_slice_node_id`` (the view
+        the mouse was last in), else Red. Raises MedSAMError when the layout has no such view."""
+        name = parameters.sliceView
+        if not name:
+            remembered = self.scene.GetNodeByID(last_slice_node_id) if last_slice_node_id else None
+            if remembered is not None:
+                return remembered
+            name = "Red"
+        slice_node = slice_node_of_view(self.scene, name)
+        if slice_node is None:
+            raise MedSAMError(f"There is no slice view named {name} in this layout.")
+        return slice_node
+
+    @staticmethod
+    def window_of(parameters: MedSAMParameterNode) -> options.WindowArgument:
+        """The ``window`` the parameter node's modality and CT window choices send (None for MR)."""
+        try:
+            return options.window_argument(parameters.modality, parameters.windowPreset, parameters.windowLevel,
+                                           parameters.windowWidth)
+        except ValueError as error:
+            raise MedSAMError(str(error)[:1].upper() + str(error)[1:] + ".") from None
+
+    def prepare_from_parameters(self, parameters: MedSAMParameterNode, action: str, server_url: str,
+                                last_slice_node_id: Optional[str] = None, force_upload: bool = False) -> SegmentRequest:
+        """:meth:`prepare` with the inputs and choices of the parameter node (what the panel shows).
+
+        A segmentation is made first when none is chosen (see :meth:`ensure_segmentation`).
+        """
+        self.volume_geometry(parameters.inputVolume)  # no volume: say so first
+        segmentation = self.ensure_segmentation(parameters)
+        return self.prepare(
+            parameters.inputVolume, segmentation, parameters.box, self.slice_node_for(parameters, last_slice_node_id),
+            action, segment_id=parameters.segmentID or None,
+            new_segment_name=parameters.newSegmentName.strip() or DEFAULT_SEGMENT_NAME, merge=parameters.merge,
+            modality=parameters.modality, window=self.window_of(parameters),
+            include_points_node=parameters.includePoints, exclude_points_node=parameters.excludePoints,
+            server_url=server_url, force_upload=force_upload)
+
+    def segment_with_parameters(self, client, parameters: MedSAMParameterNode, action: str = ACTION_3D,
+                                server_url: str = DEFAULT_SERVER_URL, last_slice_node_id: Optional[str] = None,
+                                progress=None, cancel=None) -> ApplyResult:
+        """What the panel's Segment buttons do, in one blocking call: prepare from the parameter node, run, apply;
+        the segment written becomes the parameter node's segment (the next action goes there)."""
+        request = self.prepare_from_parameters(parameters, action, server_url, last_slice_node_id)
+        try:
+            labels = self.run(client, request, progress, cancel)
+        except SessionLost:
+            request = self.prepare_from_parameters(parameters, action, server_url, last_slice_node_id, force_upload=True)
+            labels = self.run(client, request, progress, cancel)
+        return self.apply(request, labels, parameters)
 
     # -- connecting ------------------------------------------------------------------------
 
@@ -536,8 +707,12 @@ class MedSAMLogic(ScriptedLoadableModuleLogic):
 
     # -- step 3: apply (main thread) ---------------------------------------------------------
 
-    def apply(self, request: SegmentRequest, labels: np.ndarray) -> ApplyResult:
-        """Write ``labels`` into the target segment as one undoable step; the segment is untouched on error."""
+    def apply(self, request: SegmentRequest, labels: np.ndarray,
+              parameters: Optional[MedSAMParameterNode] = None) -> ApplyResult:
+        """Write ``labels`` into the target segment as one undoable step; the segment is untouched on error.
+
+        With ``parameters``, the segment written becomes the parameter node's segment (later actions go there).
+        """
         volume_node = self.scene.GetNodeByID(request.volume_node_id)
         segmentation_node = self.scene.GetNodeByID(request.segmentation_node_id)
         if volume_node is None or segmentation_node is None:
@@ -560,6 +735,8 @@ class MedSAMLogic(ScriptedLoadableModuleLogic):
                 segmentation_node.GetSegmentation().RemoveSegment(segment_id)
             raise
         self.undo_stack.push(entry)
+        if parameters is not None:
+            parameters.segmentID = segment_id
         segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
         return ApplyResult(
             segment_id=segment_id, segment_name=segment.GetName(), created_segment=created, axis=request.axis,
@@ -710,23 +887,6 @@ def default_crosshair(scene):
     return next((node for node in nodes if node.GetCrosshairName() == "default"), None)
 
 
-def slice_node_of_view(scene, view_name: str):
-    """The slice node of the slice view ``view_name`` ("Red", "Yellow"...), or None.
-
-    The layout manager finds views by their node's name (qMRMLLayoutViewFactory::viewNodeByName), which
-    for slice views is their layout name (vtkMRMLLayoutLogic::CreateViewFromAttributes); without a main
-    window there is no layout manager (qSlicerApplication::layoutManager is set by qSlicerMainWindow only,
-    Base/QTApp/qSlicerMainWindow.cxx), so the scene is searched the same way.
-    """
-    layout_manager = slicer.app.layoutManager() if hasattr(slicer, "app") else None
-    widget = layout_manager.sliceWidget(view_name) if layout_manager is not None else None
-    if widget is not None:
-        return widget.mrmlSliceNode()
-    nodes = scene.GetNodesByClass("vtkMRMLSliceNode")
-    candidates = [nodes.GetItemAsObject(index) for index in range(nodes.GetNumberOfItems())]
-    return next((node for node in candidates if view_name in (node.GetName(), node.GetLayoutName())), None)
-
-
 def make_active_place_node(scene, markups_node) -> bool:
     """Make ``markups_node`` the one the Markups toolbar's place mode adds to; False without a selection node.
 
@@ -769,20 +929,94 @@ def qsettings_consent_store() -> consent.ConsentStore:
                                 lambda text: set_settings_value("ConsentedServers", text))
 
 
+def _unannotated(datatype):
+    """The type inside ``Annotated[type, ...]`` (the type itself otherwise)."""
+    return datatype.__origin__ if hasattr(datatype, "__metadata__") else datatype
+
+
+class ComboBoxDataConnector(GuiConnector):
+    """Binds a combo box whose items carry data to a str parameter: the parameter is the chosen item's data.
+
+    Slicer's combo box connectors (Base/Python/slicer/parameterNodeWrapper/guiConnectors.py, v5.8.0 and v5.10.0:
+    QComboBoxToStringableConnector, QComboBoxToEnumConnector) refill the combo box with the choices' str() or an
+    Enum's labels and no item data. This panel's combo boxes show words ("Replace on the box's slices") for values
+    ("replace"), and two list what the scene and the layout hold (segments, slice views), so they get this
+    connector, passed to connectParametersToGui. An item that is not listed (a slice view of another layout)
+    leaves the combo box as it is.
+    """
+
+    @staticmethod
+    def canRepresent(widget, datatype) -> bool:
+        return hasattr(widget, "findData") and _unannotated(datatype) is str
+
+    @staticmethod
+    def create(widget, datatype):
+        return ComboBoxDataConnector(widget) if ComboBoxDataConnector.canRepresent(widget, datatype) else None
+
+    def __init__(self, widget):
+        super().__init__()
+        self._widget = widget
+
+    def _connect(self):
+        self._widget.currentIndexChanged.connect(self._on_index_changed)
+
+    def _disconnect(self):
+        self._widget.currentIndexChanged.disconnect(self._on_index_changed)
+
+    def _on_index_changed(self, index):
+        if index >= 0:  # -1 while the list is refilled
+            self.changed()
+
+    def widget(self):
+        return self._widget
+
+    def read(self) -> str:
+        data = self._widget.currentData
+        return "" if data is None else str(data)
+
+    def write(self, value) -> None:
+        index = self._widget.findData(value)
+        if index >= 0 and index != self._widget.currentIndex:
+            self._widget.setCurrentIndex(index)
+
+
+def parameter_widgets(ui) -> Dict[str, Any]:
+    """``{parameter name: widget}`` for the widgets the .ui file names a parameter for (property SlicerParameterName).
+
+    What the wrapper's connectGui collects (Base/Python/slicer/parameterNodeWrapper/wrapper.py). The panel passes
+    them to connectParametersToGui itself: connectGui returns no tag before Slicer 5.10 (v5.8.0:
+    ``_connectParametersToGui(self, paramNameToWidget)`` without ``return``), so the template's disconnectGui
+    would leave the panel writing into the parameter node after exit() or a scene close.
+    """
+    widgets = [widget for widget in vars(ui).values() if hasattr(widget, "property")]
+    return {widget.property(SlicerParameterNamePropertyName): widget for widget in widgets
+            if widget.property(SlicerParameterNamePropertyName)}
+
+
 class MedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """The panel: wires widgets to the Logic; the work happens in the Logic."""
+    """The panel, per Slicer's scripted-module template: it wires the widgets to the parameter node and the Logic.
+
+    What the user chooses for the scene (volume, segmentation, segment, box, points, slice view, modality, CT
+    window) is the parameter node's (MedSAMParameterNode): the widgets show it and write into it, and whatever
+    changes it (a script, loading a scene) shows in the panel. The server's address, the agreements to send images
+    and the local server's settings belong to this computer and user, not to the data: they stay in Qt settings
+    (QSettings) and are never saved in a scene, which may be shared; the access token is kept nowhere. The last
+    slice view under the mouse is kept here, not in the node: writing the node on every move between views would
+    mark the scene modified.
+    """
 
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
-        VTKObservationMixin.__init__(self)
+        VTKObservationMixin.__init__(self)  # needed for parameter node observation
         self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
         self._task = None
         self._on_task_done = None
         self._timer = None
         self._local_server = None
         self._shortcuts = []
-        self._observed_segmentation = None
-        self._observed_roi = None
+        self._followed = {"inputVolume": None, "segmentation": None, "box": None}
         self._observed_crosshair = None
         self._layout_manager = None
         # The last slice view the mouse was in: Slicer clears the crosshair's cursor slice node when the
@@ -801,19 +1035,20 @@ class MedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = MedSAMLogic(consent_store=qsettings_consent_store())
         self._fill_choices()
         self._restore_settings()
-        self._connect_widgets()
+        self._connect_buttons()
         self._timer = qt.QTimer()
         self._timer.setInterval(100)
         self._timer.connect("timeout()", self._poll_task)
+        # These connections ensure that the parameter node is updated when the scene is closed.
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self._observe_crosshair()
         self._follow_layout_changes()
         # The local server ends with Slicer (atexit in server_process covers crashes of the GUI).
         slicer.app.connect("aboutToQuit()", self.stopLocalServer)
         self._set_busy(False)
-        self.onVolumeChanged(self.ui.volumeSelector.currentNode())
-        self.onSegmentationChanged(self.ui.segmentationSelector.currentNode())
-        self.onRoiChanged(self.ui.roiSelector.currentNode())
+        # Make sure the parameter node is initialized (needed for module reload).
+        self.initializeParameterNode()
 
     def _follow_layout_changes(self):
         """List the slice views again whenever the layout changes (a new layout may add views).
@@ -833,9 +1068,12 @@ class MedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._layout_manager = None
 
     def _refresh_slice_views(self, *_):
-        """The slice view choices: the last view under the mouse, then every slice view of the layout."""
+        """The slice view choices: the last view under the mouse, then every slice view of the layout.
+
+        A chosen view the new layout lacks becomes "the last view under the mouse", in the parameter node too.
+        """
         combo = self.ui.sliceViewComboBox
-        keep = combo.currentData
+        keep = self._parameterNode.sliceView if self._parameterNode else ""
         was_blocked = combo.blockSignals(True)
         combo.clear()
         combo.addItem("Last view under the mouse", "")
@@ -845,6 +1083,8 @@ class MedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         index = combo.findData(keep) if keep else 0
         combo.setCurrentIndex(max(index, 0))
         combo.blockSignals(was_blocked)
+        if self._parameterNode and index < 0:
+            self._parameterNode.sliceView = ""
         self._update_coverage()
 
     def _observe_crosshair(self):
@@ -870,7 +1110,7 @@ class MedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if slice_node is None or slice_node.GetID() == self._last_slice_node_id:
             return
         self._last_slice_node_id = slice_node.GetID()
-        if not self.ui.sliceViewComboBox.currentData:
+        if self._parameterNode and not self._parameterNode.sliceView:
             self._update_coverage()
 
     def _fill_choices(self):
@@ -896,14 +1136,13 @@ class MedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.undoButton.toolTip = "Put the segment back as it was before the last MedSAM action (Ctrl+Z)."
 
     def _restore_settings(self):
+        """The application settings (this computer's and user's, see the class docstring)."""
         self.ui.serverUrlLineEdit.text = settings_value("ServerURL", DEFAULT_SERVER_URL)
         self.ui.pythonPathLineEdit.currentPath = settings_value("ServerPython", "")
         self.ui.checkpointPathLineEdit.currentPath = settings_value("ServerCheckpoint", "")
         self.ui.portSpinBox.value = int(settings_value("ServerPort", server_process.DEFAULT_PORT))
         self._select_data(self.ui.variantComboBox, settings_value("ServerVariant", "vit_b"))
         self._select_data(self.ui.deviceComboBox, settings_value("ServerDevice", "cpu"))
-        self._select_data(self.ui.windowComboBox, settings_value("CTWindow", "abdomen"))
-        self.onWindowChanged()
 
     def _save_settings(self):
         set_settings_value("ServerURL", self.ui.serverUrlLineEdit.text.strip())
@@ -912,7 +1151,9 @@ class MedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         set_settings_value("ServerPort", int(self.ui.portSpinBox.value))
         set_settings_value("ServerVariant", self.ui.variantComboBox.currentData)
         set_settings_value("ServerDevice", self.ui.deviceComboBox.currentData)
-        set_settings_value("CTWindow", self.ui.windowComboBox.currentData)
+        if self._parameterNode:
+            # The CT window the user last used; a new scene starts with it (see initializeParameterNode).
+            set_settings_value("CTWindow", self._parameterNode.windowPreset)
 
     @staticmethod
     def _select_data(combo_box, data):
@@ -920,19 +1161,7 @@ class MedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if index >= 0:
             combo_box.setCurrentIndex(index)
 
-    def _connect_widgets(self):
-        self.ui.volumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onVolumeChanged)
-        self.ui.segmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onSegmentationChanged)
-        self.ui.segmentComboBox.connect("currentIndexChanged(int)", self._update_new_segment_name)
-        for selector, place_widget in ((self.ui.roiSelector, self.ui.roiPlaceWidget),
-                                       (self.ui.includePointsSelector, self.ui.includePointsPlaceWidget),
-                                       (self.ui.excludePointsSelector, self.ui.excludePointsPlaceWidget)):
-            selector.connect("currentNodeChanged(vtkMRMLNode*)",
-                             lambda node, place_widget=place_widget: place_widget.setCurrentNode(node))
-        self.ui.roiSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onRoiChanged)
-        self.ui.sliceViewComboBox.connect("currentIndexChanged(int)", self._update_coverage)
-        self.ui.modalityComboBox.connect("currentIndexChanged(int)", self.onWindowChanged)
-        self.ui.windowComboBox.connect("currentIndexChanged(int)", self.onWindowChanged)
+    def _connect_buttons(self):
         self.ui.testConnectionButton.connect("clicked(bool)", self.onTestConnection)
         self.ui.forgetConsentButton.connect("clicked(bool)", self.onForgetConsent)
         self.ui.startServerButton.connect("clicked(bool)", self.onStartLocalServer)
@@ -943,24 +1172,27 @@ class MedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.undoButton.connect("clicked(bool)", self.onUndo)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
 
+    def cleanup(self):
+        """Called when the application closes and the module widget is destroyed."""
+        self._uninstall_shortcuts()
+        self._stop_following_layout_changes()
+        self.onCancel()
+        self.setParameterNode(None)
+        self.removeObservers()
+        self.stopLocalServer()
+
     def enter(self):
-        if self._ensure_prompt_nodes():
-            # The Markups logic made the last node created (the exclude points) the active place node:
-            # the toolbar's place mode would add exclude points instead of drawing the box.
-            make_active_place_node(slicer.mrmlScene, self.ui.roiSelector.currentNode())
+        """Called each time the user opens this module."""
+        self._ready_to_draw()
         self._observe_crosshair()
         self._install_shortcuts()
         self._update_coverage()
 
     def exit(self):
+        """Called each time the user opens a different module: the panel stops following the parameter node
+        (it is brought up to date on enter)."""
         self._uninstall_shortcuts()
-
-    def cleanup(self):
-        self._uninstall_shortcuts()
-        self._stop_following_layout_changes()
-        self.onCancel()
-        self.removeObservers()
-        self.stopLocalServer()
+        self._disconnect_parameter_node()
 
     def onReload(self):
         """The developer's Reload: reload MedSAMLib as well as this file (see forget_library_modules)."""
@@ -974,12 +1206,156 @@ class MedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             raise
 
     def onSceneStartClose(self, caller, event):
+        """Called just before the scene is closed: its nodes, the parameter node's content included, are going."""
         if self._task is not None:
             self._task.cancel()
-            self._discard_message = "The scene was closed; the result was discarded."  # its nodes are going
+            self._discard_message = "The scene was closed; the result was discarded."
         self.logic.undo_stack.clear()
         self.logic.forget_sessions(close_on_server=True)
+        self._last_slice_node_id = None
+        # The parameter node will be reset: do not use it any more.
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event):
+        """Called just after the scene is closed: a module on screen gets the new scene's parameter node at once."""
+        if getattr(self.parent, "isEntered", False):
+            self._ready_to_draw()
+
+    # -- the parameter node -------------------------------------------------------------------
+
+    def initializeParameterNode(self):
+        """Ensure the parameter node exists and is observed; a new scene starts with the user's last CT window."""
+        last_window = settings_value("CTWindow", "abdomen")
+        defaults = {"windowPreset": last_window} if last_window in options.WINDOW_CHOICES else {}
+        self.setParameterNode(self.logic.getParameterNode(defaults))
+        # Select a default volume if nothing is selected yet, to save a few clicks.
+        if not self._parameterNode.inputVolume:
+            first_volume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if first_volume:
+                self._parameterNode.inputVolume = first_volume
+
+    def _ready_to_draw(self):
+        """The parameter node, and a box and point lists in it to place, so that the user can start drawing at once."""
+        self.initializeParameterNode()
+        if self.logic.ensure_prompt_nodes(self._parameterNode):
+            # The Markups logic made the last node created (the exclude points) the active place node:
+            # the toolbar's place mode would add exclude points instead of drawing the box.
+            make_active_place_node(slicer.mrmlScene, self._parameterNode.box)
+
+    def setParameterNode(self, parameter_node: Optional[MedSAMParameterNode]):
+        """Set and observe the parameter node: the panel shows it, writes into it and follows its changes."""
+        self._disconnect_parameter_node()
+        self._parameterNode = parameter_node
+        if parameter_node is not None:
+            # The inputs as they are count as followed: a volume already chosen keeps its saved modality.
+            self._followed["inputVolume"] = parameter_node.inputVolume
+            mapping = {**parameter_widgets(self.ui), **self._combo_box_connectors()}
+            self._parameterNodeGuiTag = parameter_node.connectParametersToGui(mapping)
+            # After the wrapper's own observers (priority 0), which refresh its cached values (_CachedParameterWrapper,
+            # Base/Python/slicer/parameterNodeWrapper/wrapper.py): a change made by another wrapper is read as made.
+            self.addObserver(parameter_node, vtk.vtkCommand.ModifiedEvent, self._on_parameters_changed, priority=-1.0)
+        self._on_parameters_changed()
+        self._refresh_segments()  # the segments of this node's segmentation, even if the same as before
+
+    def _disconnect_parameter_node(self):
+        if self._parameterNode is None:
+            return
+        if self._parameterNodeGuiTag is not None:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+        if self.hasObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._on_parameters_changed):
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._on_parameters_changed)
+
+    def _combo_box_connectors(self) -> Dict[str, GuiConnector]:
+        """The parameters shown by combo boxes whose items carry the values (see ComboBoxDataConnector)."""
+        return {name: ComboBoxDataConnector(combo) for name, combo in (
+            ("segmentID", self.ui.segmentComboBox), ("merge", self.ui.mergeComboBox),
+            ("sliceView", self.ui.sliceViewComboBox), ("modality", self.ui.modalityComboBox),
+            ("windowPreset", self.ui.windowComboBox))}
+
+    def _on_parameters_changed(self, caller=None, event=None):
+        """Whatever changed the parameter node (the panel, a script, a loaded scene): follow its inputs, update."""
+        parameters = self._parameterNode
+        if parameters is not None and parameters.inputVolume is not self._followed["inputVolume"]:
+            self._followed["inputVolume"] = parameters.inputVolume
+            if parameters.inputVolume is not None:
+                parameters.modality = self.logic.guess_modality(parameters.inputVolume)
+        self._follow_segmentation(parameters.segmentation if parameters else None)
+        self._follow_box(parameters.box if parameters else None)
+        for place_widget, member in ((self.ui.roiPlaceWidget, "box"), (self.ui.includePointsPlaceWidget, "includePoints"),
+                                     (self.ui.excludePointsPlaceWidget, "excludePoints")):
+            place_widget.setCurrentNode(parameters.getValue(member) if parameters else None)
+        self.ui.newSegmentNameLineEdit.enabled = bool(parameters) and not parameters.segmentID
+        self._update_window_widgets()
         self._update_buttons()
+        self._update_coverage()
+
+    def _follow_box(self, roi_node):
+        """Observe the chosen box: its slice range is shown as it is drawn and resized."""
+        previous = self._followed["box"]
+        if roi_node is previous:
+            return
+        if previous is not None:
+            self.removeObserver(previous, vtk.vtkCommand.ModifiedEvent, self._update_coverage)
+        self._followed["box"] = roi_node
+        if roi_node is not None:
+            self.addObserver(roi_node, vtk.vtkCommand.ModifiedEvent, self._update_coverage)
+
+    def _follow_segmentation(self, segmentation_node):
+        """Observe the chosen segmentation: its segments are listed as they are added, renamed and removed."""
+        previous = self._followed["segmentation"]
+        if segmentation_node is previous:
+            return
+        events = (slicer.vtkSegmentation.SegmentAdded, slicer.vtkSegmentation.SegmentRemoved,
+                  slicer.vtkSegmentation.SegmentModified)
+        for event in events if previous is not None else ():
+            self.removeObserver(previous, event, self._refresh_segments)
+        self._followed["segmentation"] = segmentation_node
+        for event in events if segmentation_node is not None else ():
+            self.addObserver(segmentation_node, event, self._refresh_segments)
+        self._refresh_segments()
+
+    def _refresh_segments(self, caller=None, event=None):
+        """List the segmentation's segments plus 'New segment', showing the parameter node's segment.
+
+        A segment that is no longer in the segmentation (deleted, undone, another segmentation) gives way to
+        'New segment', in the parameter node too.
+        """
+        combo = self.ui.segmentComboBox
+        parameters = self._parameterNode
+        was_blocked = combo.blockSignals(True)
+        combo.clear()
+        segmentation_node = parameters.segmentation if parameters else None
+        if segmentation_node is not None:
+            segmentation = segmentation_node.GetSegmentation()
+            for index in range(segmentation.GetNumberOfSegments()):
+                segment_id = segmentation.GetNthSegmentID(index)
+                combo.addItem(segmentation.GetSegment(segment_id).GetName(), segment_id)
+        combo.addItem("New segment", "")
+        index = combo.findData(parameters.segmentID) if parameters and parameters.segmentID else -1
+        combo.setCurrentIndex(index if index >= 0 else combo.count - 1)
+        combo.blockSignals(was_blocked)
+        if parameters and parameters.segmentID and index < 0:
+            parameters.segmentID = ""
+
+    def _update_window_widgets(self):
+        parameters = self._parameterNode
+        is_ct = bool(parameters) and parameters.modality == "ct"
+        custom = bool(parameters) and parameters.windowPreset == options.CUSTOM_WINDOW
+        self.ui.windowComboBox.enabled = is_ct
+        self.ui.windowLevelSpinBox.enabled = is_ct and custom
+        self.ui.windowWidthSpinBox.enabled = is_ct and custom
+
+    def _update_coverage(self, *_):
+        """Show the slices the next Segment 3D covers (see MedSAMLogic.segment_3d_coverage)."""
+        parameters = self._parameterNode
+        if self.logic is None or parameters is None:
+            return
+        try:
+            slice_node = self.logic.slice_node_for(parameters, self._last_slice_node_id)
+        except MedSAMError:
+            slice_node = None
+        self.ui.boxRangeLabel.text = self.logic.segment_3d_coverage(parameters.inputVolume, parameters.box, slice_node)
 
     # -- keyboard shortcuts (installed on the main window while the module is shown) -----------
 
@@ -1000,111 +1376,6 @@ class MedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             shortcut.setParent(None)
         self._shortcuts = []
 
-    # -- inputs ---------------------------------------------------------------------------
-
-    def _ensure_prompt_nodes(self) -> bool:
-        """A box and two point lists to place, so that the user can start drawing at once; True if any was made."""
-        scene = slicer.mrmlScene
-        created = False
-        if self.ui.roiSelector.currentNode() is None:
-            roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "MedSAM box")
-            self.ui.roiSelector.setCurrentNode(roi)
-            created = True
-        for selector, name, color in ((self.ui.includePointsSelector, "MedSAM include", (0.2, 0.9, 0.2)),
-                                      (self.ui.excludePointsSelector, "MedSAM exclude", (0.95, 0.2, 0.2))):
-            if selector.currentNode() is None:
-                points = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", name)
-                points.CreateDefaultDisplayNodes()
-                points.GetDisplayNode().SetSelectedColor(*color)
-                selector.setCurrentNode(points)
-                created = True
-        return created
-
-    def onVolumeChanged(self, volume_node):
-        if volume_node is not None:
-            self._select_data(self.ui.modalityComboBox, self.logic.guess_modality(volume_node))
-        self._update_buttons()
-        self._update_coverage()
-
-    def onRoiChanged(self, roi_node):
-        """Follow the chosen box: its slice range is shown as it is drawn and resized."""
-        if self._observed_roi is not None:
-            self.removeObserver(self._observed_roi, vtk.vtkCommand.ModifiedEvent, self._update_coverage)
-        self._observed_roi = roi_node
-        if roi_node is not None:
-            self.addObserver(roi_node, vtk.vtkCommand.ModifiedEvent, self._update_coverage)
-        self._update_coverage()
-
-    def _update_coverage(self, *_):
-        """Show the slices the next Segment 3D covers (see MedSAMLogic.segment_3d_coverage)."""
-        if self.logic is None:
-            return
-        try:
-            slice_node = self._slice_node()
-        except MedSAMError:
-            slice_node = None
-        self.ui.boxRangeLabel.text = self.logic.segment_3d_coverage(
-            self.ui.volumeSelector.currentNode(), self.ui.roiSelector.currentNode(), slice_node)
-
-    def onSegmentationChanged(self, segmentation_node):
-        if self._observed_segmentation is not None:
-            for event in (slicer.vtkSegmentation.SegmentAdded, slicer.vtkSegmentation.SegmentRemoved,
-                          slicer.vtkSegmentation.SegmentModified):
-                self.removeObserver(self._observed_segmentation, event, self._refresh_segments)
-        self._observed_segmentation = segmentation_node
-        if segmentation_node is not None:
-            for event in (slicer.vtkSegmentation.SegmentAdded, slicer.vtkSegmentation.SegmentRemoved,
-                          slicer.vtkSegmentation.SegmentModified):
-                self.addObserver(segmentation_node, event, self._refresh_segments)
-        self._refresh_segments()
-
-    def _refresh_segments(self, caller=None, event=None, select_id=None):
-        """List the segmentation's segments plus 'New segment', keeping the current choice."""
-        combo = self.ui.segmentComboBox
-        keep = select_id or combo.currentData
-        was_blocked = combo.blockSignals(True)
-        combo.clear()
-        segmentation_node = self.ui.segmentationSelector.currentNode()
-        if segmentation_node is not None:
-            segmentation = segmentation_node.GetSegmentation()
-            for index in range(segmentation.GetNumberOfSegments()):
-                segment_id = segmentation.GetNthSegmentID(index)
-                combo.addItem(segmentation.GetSegment(segment_id).GetName(), segment_id)
-        combo.addItem("New segment", "")
-        index = combo.findData(keep) if keep else -1
-        combo.setCurrentIndex(index if index >= 0 else combo.count - 1)
-        combo.blockSignals(was_blocked)
-        self._update_new_segment_name()
-
-    def _update_new_segment_name(self, *_):
-        self.ui.newSegmentNameLineEdit.enabled = not self.ui.segmentComboBox.currentData
-        self._update_buttons()
-
-    def onWindowChanged(self, *_):
-        is_ct = self.ui.modalityComboBox.currentData == "ct"
-        custom = self.ui.windowComboBox.currentData == options.CUSTOM_WINDOW
-        self.ui.windowComboBox.enabled = is_ct
-        self.ui.windowLevelSpinBox.enabled = is_ct and custom
-        self.ui.windowWidthSpinBox.enabled = is_ct and custom
-
-    def _window(self):
-        modality = self.ui.modalityComboBox.currentData
-        return options.window_argument(modality, self.ui.windowComboBox.currentData,
-                                       self.ui.windowLevelSpinBox.value, self.ui.windowWidthSpinBox.value)
-
-    def _slice_node(self):
-        """The chosen slice view, or the one the mouse was last in (where the box was drawn), else Red."""
-        name = self.ui.sliceViewComboBox.currentData
-        if not name:
-            remembered = slicer.mrmlScene.GetNodeByID(self._last_slice_node_id) if self._last_slice_node_id else None
-            if remembered is not None:
-                return remembered
-            name = "Red"
-        slice_node = slice_node_of_view(slicer.mrmlScene, name)
-        if slice_node is None:
-            raise MedSAMError(f"There is no slice view named {name} in this layout.")
-        return slice_node
-
     def _server(self):
         url = self.ui.serverUrlLineEdit.text.strip()
         consent.normalize_server_url(url)
@@ -1122,6 +1393,8 @@ class MedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._task is not None:
             return
         try:
+            if self._parameterNode is None:
+                raise MedSAMError("The scene is being closed.")
             url, token = self._server()
             try:
                 request = self._prepare(action, url, force_upload)
@@ -1144,28 +1417,12 @@ class MedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                          lambda labels: self._finish_segment(request, labels), on_session_lost=retry)
 
     def _prepare(self, action, url, force_upload):
-        return self.logic.prepare(
-            self.ui.volumeSelector.currentNode(), self._segmentation_node(), self.ui.roiSelector.currentNode(),
-            self._slice_node(), action, segment_id=self.ui.segmentComboBox.currentData or None,
-            new_segment_name=self.ui.newSegmentNameLineEdit.text.strip() or DEFAULT_SEGMENT_NAME,
-            merge=self.ui.mergeComboBox.currentData, modality=self.ui.modalityComboBox.currentData,
-            window=self._window(), include_points_node=self.ui.includePointsSelector.currentNode(),
-            exclude_points_node=self.ui.excludePointsSelector.currentNode(), server_url=url,
-            force_upload=force_upload)
-
-    def _segmentation_node(self):
-        node = self.ui.segmentationSelector.currentNode()
-        volume = self.ui.volumeSelector.currentNode()
-        if node is None and volume is not None:
-            node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "MedSAM segmentation")
-            node.CreateDefaultDisplayNodes()
-            node.SetAndObserveTransformNodeID(volume.GetTransformNodeID())  # where the volume is
-            self.ui.segmentationSelector.setCurrentNode(node)
-        return node
+        return self.logic.prepare_from_parameters(self._parameterNode, action, url, self._last_slice_node_id,
+                                                  force_upload)
 
     def _finish_segment(self, request, labels):
-        result = self.logic.apply(request, labels)
-        self._refresh_segments(select_id=result.segment_id)
+        # The scene may have been closed meanwhile (the result is discarded then, see _poll_task).
+        result = self.logic.apply(request, labels, self._parameterNode)
         self.ui.statusLabel.text = result.summary()
 
     def onUndo(self):
@@ -1342,7 +1599,7 @@ class MedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.logic is None:
             return
         idle = self._task is None
-        ready = idle and self.ui.volumeSelector.currentNode() is not None
+        ready = idle and self._parameterNode is not None and self._parameterNode.inputVolume is not None
         self.ui.segmentSliceButton.enabled = ready
         self.ui.segment3DButton.enabled = ready
         self.ui.undoButton.enabled = idle and self.logic.can_undo()
@@ -1363,11 +1620,12 @@ class MedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 class MedSAMTest(ScriptedLoadableModuleTest):
-    """Self-test inside 3D Slicer: a generated phantom, a stand-in client, no download, no server.
+    """Self-test inside 3D Slicer: a generated phantom (MedSAMLib.testing), a stand-in client, no download, no server.
 
     Checks that a box drawn in RAS lands on the same physical voxels for a volume stored RAS, LPS
-    and with permuted axes, that 'replace' and 'add' merge as documented, and that undo restores the
-    segment. Set MEDSAM_TEST_SERVER=http://host:port to also segment with a real server.
+    and with permuted axes, that 'replace' and 'add' merge as documented, that undo restores the
+    segment, and that the parameter node's choices drive a segmentation. Set
+    MEDSAM_TEST_SERVER=http://host:port to also segment with a real server.
     """
 
     def setUp(self):
@@ -1380,49 +1638,76 @@ class MedSAMTest(ScriptedLoadableModuleTest):
         self.test_box_lands_on_the_same_physical_voxels()
         self.setUp()
         self.test_merge_modes_and_undo()
+        self.setUp()
+        self.test_parameter_node_drives_a_segmentation()
         if os.environ.get("MEDSAM_TEST_SERVER"):
             self.setUp()
             self.test_real_server()
 
-    def _scene(self):
+    @staticmethod
+    def _scene():
         return getattr(slicer, "mrmlScene", None) or slicer.vtkMRMLScene()
 
+    @staticmethod
+    def _add_phantom(scene, layout_name: str):
+        """The phantom (MedSAMLib.testing.phantom_in_layout) as a scalar volume node of ``scene``."""
+        from MedSAMLib.testing import PHANTOM_LAYOUTS, phantom_in_layout
+
+        array_ijk, ijk_to_ras = phantom_in_layout(PHANTOM_LAYOUTS[layout_name])
+        volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", f"MedSAM phantom {layout_name}")
+        image = vtk.vtkImageData()
+        image.SetDimensions(*array_ijk.shape)
+        image.AllocateScalars(vtk.VTK_SHORT, 1)
+        scalars = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())
+        scalars[:] = np.ascontiguousarray(array_ijk.transpose(2, 1, 0)).ravel()  # VTK's order: i fastest
+        volume.SetAndObserveImageData(image)
+        volume.SetIJKToRASMatrix(_matrix_from_array(ijk_to_ras))
+        return volume
+
+    @staticmethod
+    def _add_box(scene, low, high):
+        roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode")
+        roi.SetCenter(*((np.array(low) + np.array(high)) / 2))
+        roi.SetSize(*(np.array(high) - np.array(low)))
+        return roi
+
     def test_box_lands_on_the_same_physical_voxels(self):
-        from MedSAMLib.testing import ThresholdClient
+        from MedSAMLib.testing import PHANTOM_LAYOUTS, ThresholdClient, axial_slice_to_ras, to_ras_order
 
         self.delayDisplay("Box on a phantom stored RAS, LPS and with permuted axes")
         scene = self._scene()
         logic = MedSAMLogic(scene, consent.ConsentStore.in_memory())
         logic.consent.grant(DEFAULT_SERVER_URL)
         masks = []
-        for layout in _PHANTOM_LAYOUTS:
-            volume = _phantom_volume(scene, layout)
+        for name, layout in PHANTOM_LAYOUTS.items():
+            volume = self._add_phantom(scene, name)
             segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
-            roi = _roi(scene, (-10.0, -6.0, -8.0), (14.0, 12.0, 8.0))
-            logic.segment(ThresholdClient(threshold=100.0), volume, segmentation, roi, _axial_view(), ACTION_3D,
+            roi = self._add_box(scene, (-10.0, -6.0, -8.0), (14.0, 12.0, 8.0))
+            logic.segment(ThresholdClient(threshold=100.0), volume, segmentation, roi, axial_slice_to_ras(), ACTION_3D,
                           server_url=DEFAULT_SERVER_URL)
             segment_id = segmentation.GetSegmentation().GetNthSegmentID(0)
-            masks.append(_to_ras_order(logic.read_segment(segmentation, segment_id, volume), layout))
+            masks.append(to_ras_order(logic.read_segment(segmentation, segment_id, volume), layout))
         self.assertGreater(int(masks[0].sum()), 0)
         for mask in masks[1:]:
             np.testing.assert_array_equal(mask, masks[0])
         self.delayDisplay("Same physical voxels in all layouts")
 
     def test_merge_modes_and_undo(self):
-        from MedSAMLib.testing import ThresholdClient
+        from MedSAMLib.testing import ThresholdClient, axial_slice_to_ras
 
         self.delayDisplay("Replace, add and undo")
         scene = self._scene()
         logic = MedSAMLogic(scene, consent.ConsentStore.in_memory())
         logic.consent.grant(DEFAULT_SERVER_URL)
-        volume = _phantom_volume(scene, _PHANTOM_LAYOUTS[1])
+        volume = self._add_phantom(scene, "lps")
         segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
         client = ThresholdClient(threshold=100.0)
-        first = logic.segment(client, volume, segmentation, _roi(scene, (-10.0, -6.0, -8.0), (14.0, 12.0, 8.0)),
-                              _axial_view(), ACTION_3D, server_url=DEFAULT_SERVER_URL)
+        first = logic.segment(client, volume, segmentation, self._add_box(scene, (-10.0, -6.0, -8.0), (14.0, 12.0, 8.0)),
+                              axial_slice_to_ras(), ACTION_3D, server_url=DEFAULT_SERVER_URL)
         after_first = logic.read_segment(segmentation, first.segment_id, volume)
-        logic.segment(client, volume, segmentation, _roi(scene, (-20.0, -16.0, -4.0), (0.0, 0.0, 4.0)),
-                      _axial_view(), ACTION_3D, segment_id=first.segment_id, merge="add", server_url=DEFAULT_SERVER_URL)
+        logic.segment(client, volume, segmentation, self._add_box(scene, (-20.0, -16.0, -4.0), (0.0, 0.0, 4.0)),
+                      axial_slice_to_ras(), ACTION_3D, segment_id=first.segment_id, merge="add",
+                      server_url=DEFAULT_SERVER_URL)
         after_add = logic.read_segment(segmentation, first.segment_id, volume)
         self.assertTrue(np.all(after_add >= after_first))
         self.assertGreater(int(after_add.sum()), int(after_first.sum()))
@@ -1433,10 +1718,44 @@ class MedSAMTest(ScriptedLoadableModuleTest):
         self.assertIsNone(segmentation.GetSegmentation().GetSegment(first.segment_id))
         self.delayDisplay("Undo restored the segment, then removed the segment it created")
 
+    def test_parameter_node_drives_a_segmentation(self):
+        from MedSAMLib.testing import ThresholdClient
+
+        self.delayDisplay("The parameter node's choices, as the panel sets them, segment")
+        scene = self._scene()
+        logic = MedSAMLogic(scene, consent.ConsentStore.in_memory())
+        logic.consent.grant(DEFAULT_SERVER_URL)
+        parameters = logic.getParameterNode()
+        self.assertIs(logic.getParameterNode().parameterNode, parameters.parameterNode)  # one per scene
+        parameters.inputVolume = self._add_phantom(scene, "permuted")
+        self.assertTrue(logic.ensure_prompt_nodes(parameters))
+        parameters.box.SetCenter(2.0, 3.0, 0.0)
+        parameters.box.SetSize(24.0, 18.0, 16.0)
+        parameters.newSegmentName = "organ"
+        view = slicer.vtkMRMLSliceNode()  # a Yellow (sagittal) view: its layout name is how the node names it
+        view.SetName("Yellow")
+        view.SetLayoutName("Yellow")
+        view.GetSliceToRAS().DeepCopy(_matrix_from_array([[0.0, 0, 1, 0], [-1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 1]]))
+        scene.AddNode(view)
+        parameters.sliceView = "Yellow"
+        client = ThresholdClient(threshold=100.0)
+        first = logic.segment_with_parameters(client, parameters, ACTION_3D)
+        self.assertTrue(first.created_segment)
+        self.assertEqual((first.segment_name, first.axis), ("organ", "sagittal"))
+        self.assertEqual(parameters.segmentID, first.segment_id)  # the next action goes there
+        parameters.merge = "add"
+        second = logic.segment_with_parameters(client, parameters, ACTION_SLICE)
+        self.assertFalse(second.created_segment)
+        self.assertEqual(second.segment_id, first.segment_id)
+        self.assertEqual(parameters.segmentation.GetSegmentation().GetNumberOfSegments(), 1)
+        self.delayDisplay(second.summary())
+
     def test_real_server(self):
         # slicer_add_python_unittest runs every test_* method (slicer.testing.runUnitTest loads the module's
         # tests with unittest.TestLoader().loadTestsFromName; Base/Python/slicer/testing.py, Slicer 5.6-5.10):
         # without a server this test is skipped, not failed.
+        from MedSAMLib.testing import axial_slice_to_ras
+
         url = os.environ.get("MEDSAM_TEST_SERVER")
         if not url:
             self.skipTest("set MEDSAM_TEST_SERVER=http://host:port to segment with a real server")
@@ -1444,73 +1763,10 @@ class MedSAMTest(ScriptedLoadableModuleTest):
         scene = self._scene()
         logic = MedSAMLogic(scene, consent.ConsentStore.in_memory())
         logic.consent.grant(url)
-        volume = _phantom_volume(scene, _PHANTOM_LAYOUTS[0])
+        volume = self._add_phantom(scene, "ras")
         segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
         client = logic.client_for(url, os.environ.get("MEDSAM_TEST_TOKEN"))
-        result = logic.segment(client, volume, segmentation, _roi(scene, (-10.0, -6.0, -4.0), (14.0, 12.0, 4.0)),
-                               _axial_view(), ACTION_SLICE, server_url=url)
+        result = logic.segment(client, volume, segmentation, self._add_box(scene, (-10.0, -6.0, -4.0), (14.0, 12.0, 4.0)),
+                               axial_slice_to_ras(), ACTION_SLICE, server_url=url)
         self.assertEqual(result.first_slice, result.last_slice)
         self.delayDisplay(result.summary())
-
-
-# Phantom layouts for the self-test: (permutation of the RAS-ordered array's axes, flips after it).
-_PHANTOM_LAYOUTS = (((0, 1, 2), (False, False, False)),   # RAS
-                    ((0, 1, 2), (True, True, False)),     # LPS
-                    ((2, 0, 1), (False, True, True)))     # permuted and flipped
-
-
-def _phantom_array_ras(shape=(24, 20, 12)) -> np.ndarray:
-    """A bright ellipsoid (200) in a darker body (40) on air (-1000), indexed [i, j, k] in RAS order."""
-    i, j, k = np.meshgrid(*(np.arange(n, dtype=float) for n in shape), indexing="ij")
-    centre = [(n - 1) / 2 for n in shape]
-    body = ((i - centre[0]) / (0.45 * shape[0])) ** 2 + ((j - centre[1]) / (0.45 * shape[1])) ** 2 <= 1
-    organ = (((i - centre[0] - 2) / 5.0) ** 2 + ((j - centre[1] + 1) / 4.0) ** 2 + ((k - centre[2]) / 3.0) ** 2) <= 1
-    values = np.full(shape, -1000.0)
-    values[body] = 40.0
-    values[organ] = 200.0
-    return values.astype(np.int16)
-
-
-def _phantom_volume(scene, layout, spacing=(2.0, 2.0, 3.0)):
-    """The phantom stored in another voxel order with the matching IJK-to-RAS (same physical image)."""
-    permutation, flips = layout
-    array = _phantom_array_ras()
-    ijk_to_ras = np.diag([*spacing, 1.0])
-    ijk_to_ras[:3, 3] = -np.array(spacing) * (np.array(array.shape) - 1) / 2  # centred on RAS 0
-    array = array.transpose(permutation)
-    ijk_to_ras = ijk_to_ras[:, list(permutation) + [3]]
-    for axis, flip in enumerate(flips):
-        if flip:
-            array = np.flip(array, axis)
-            ijk_to_ras[:3, 3] += ijk_to_ras[:3, axis] * (array.shape[axis] - 1)
-            ijk_to_ras[:3, axis] *= -1
-    volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
-    image = vtk.vtkImageData()
-    image.SetDimensions(*array.shape)
-    image.AllocateScalars(vtk.VTK_SHORT, 1)
-    numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] = np.ascontiguousarray(array.transpose(2, 1, 0)).ravel()
-    volume.SetAndObserveImageData(image)
-    volume.SetIJKToRASMatrix(_matrix_from_array(ijk_to_ras))
-    return volume
-
-
-def _to_ras_order(mask_kji, layout):
-    """A [k, j, i] mask of a phantom layout back in the RAS-ordered phantom's [i, j, k] order."""
-    permutation, flips = layout
-    mask = mask_kji.transpose(2, 1, 0)
-    for axis, flip in enumerate(flips):
-        if flip:
-            mask = np.flip(mask, axis)
-    return mask.transpose(np.argsort(permutation))
-
-
-def _roi(scene, low, high):
-    roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode")
-    roi.SetCenter(*((np.array(low) + np.array(high)) / 2))
-    roi.SetSize(*(np.array(high) - np.array(low)))
-    return roi
-
-
-def _axial_view() -> np.ndarray:
-    """SliceToRAS of Slicer's Red (axial) view through RAS 0."""
-    return np.array([[-1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 1.0, 0], [0, 0, 0, 1.0]])

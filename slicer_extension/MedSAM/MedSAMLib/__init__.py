@@ -7,5 +7,6 @@
 - ``tasks``: running HTTP work in a thread that the GUI polls.
 - ``options``: CT window presets and modality.
 - ``client``: the HTTP client of ``medsam serve``.
-- ``testing``: a stand-in client for tests.
+- ``testing``: a stand-in client, the self-test's phantom, and stand-ins for the Slicer application's
+  ``slicer.ScriptedLoadableModule`` and ``slicer.parameterNodeWrapper`` (used by MedSAM.py under slicer-core).
 """
