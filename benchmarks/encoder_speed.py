@@ -118,8 +118,18 @@ def peak_memory(args: argparse.Namespace) -> dict:
     out = {}
     for precision in args.precisions:
         for impl in ("medsam_monai", "transformers"):
-            cmd = [sys.executable, __file__, "--variant", args.variant, "--device", args.device,
-                   "--child-impl", impl, "--child-precision", precision]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--variant",
+                args.variant,
+                "--device",
+                args.device,
+                "--child-impl",
+                impl,
+                "--child-precision",
+                precision,
+            ]
             line = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
             out[f"{impl}/{precision}"] = json.loads(line)
             print(json.dumps({f"{impl}/{precision}": out[f"{impl}/{precision}"]}), flush=True)
@@ -140,8 +150,18 @@ def main() -> None:
     if args.child_impl:
         child_peak_memory(args)
         return
-    print(json.dumps({"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                      "torch": torch.__version__, "variant": args.variant, "device": args.device}), flush=True)
+    print(
+        json.dumps(
+            {
+                "machine": platform.processor() or platform.machine(),
+                "threads": torch.get_num_threads(),
+                "torch": torch.__version__,
+                "variant": args.variant,
+                "device": args.device,
+            }
+        ),
+        flush=True,
+    )
     compare(args)
     if not args.no_memory:
         peak_memory(args)

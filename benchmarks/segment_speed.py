@@ -68,8 +68,9 @@ def reference_3d(model, display: np.ndarray, box: tuple[int, ...]) -> np.ndarray
             if previous.any():
                 rows, cols = np.flatnonzero(previous.any(1)), np.flatnonzero(previous.any(0))
                 pad_x, pad_y = ENLARGE_PX_1024 * w / 1024, ENLARGE_PX_1024 * h / 1024
-                box_z = np.array([max(cols[0] - pad_x, 0), max(rows[0] - pad_y, 0),
-                                  min(cols[-1] + pad_x, w - 1), min(rows[-1] + pad_y, h - 1)])
+                box_z = np.array(
+                    [max(cols[0] - pad_x, 0), max(rows[0] - pad_y, 0), min(cols[-1] + pad_x, w - 1), min(rows[-1] + pad_y, h - 1)]
+                )
             else:
                 box_z = user
             labels[z] = reference_slice(model, display[z], box_z)
@@ -120,18 +121,23 @@ def run(args: argparse.Namespace) -> None:
                 times["medsam_monai"].append(ours_s)
                 times["reference"].append(ref_s)
         ours_s, ref_s = statistics.median(times["medsam_monai"]), statistics.median(times["reference"])
-        print(json.dumps({
-            "precision": precision,
-            "slices": args.slices,
-            "slice_size": args.size,
-            "medsam_monai_s": round(ours_s, 2),
-            "reference_s": round(ref_s, 2),
-            "speedup": round(ref_s / ours_s, 2),
-            "per_slice_ours_s": round(ours_s / args.slices, 3),
-            "masks_identical": bool(np.array_equal(results["medsam_monai"], results["reference"])),
-            "dice_ours_vs_reference": round(dice(results["medsam_monai"], results["reference"]), 4),
-            "foreground_voxels": int((results["reference"] > 0).sum()),
-        }), flush=True)
+        print(
+            json.dumps(
+                {
+                    "precision": precision,
+                    "slices": args.slices,
+                    "slice_size": args.size,
+                    "medsam_monai_s": round(ours_s, 2),
+                    "reference_s": round(ref_s, 2),
+                    "speedup": round(ref_s / ours_s, 2),
+                    "per_slice_ours_s": round(ours_s / args.slices, 3),
+                    "masks_identical": bool(np.array_equal(results["medsam_monai"], results["reference"])),
+                    "dice_ours_vs_reference": round(dice(results["medsam_monai"], results["reference"]), 4),
+                    "foreground_voxels": int((results["reference"] > 0).sum()),
+                }
+            ),
+            flush=True,
+        )
 
 
 def main() -> None:
@@ -143,8 +149,17 @@ def main() -> None:
     parser.add_argument("--precisions", default="fp32,bf16")
     args = parser.parse_args()
     args.precisions = [p for p in args.precisions.split(",") if p]
-    print(json.dumps({"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                      "torch": torch.__version__, "variant": args.variant}), flush=True)
+    print(
+        json.dumps(
+            {
+                "machine": platform.processor() or platform.machine(),
+                "threads": torch.get_num_threads(),
+                "torch": torch.__version__,
+                "variant": args.variant,
+            }
+        ),
+        flush=True,
+    )
     run(args)
 
 

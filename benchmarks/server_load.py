@@ -12,10 +12,17 @@ cycles until the time is up, always finishing at least one:
    encoded yet (``job_3d``: propagation, polled for progress as the extension does);
 5. close the session.
 
-It reports latency percentiles per request type, the errors (zero expected), and the server's
-peak memory (VmHWM) when it started the server itself.
+It reports latency percentiles per request type, the errors (zero expected), and, when it started
+the server itself, the server's memory: fresh (VmRSS once up), peak (VmHWM), and once every
+session is closed (VmRSS a few seconds after the last client ended: what the server gives back).
+
+``--upload-probe N`` first measures what one upload costs: zero-filled volumes declaring N million
+voxels (a few hundred KB of zlib, the decompression bomb of issue 14), int16 CT and float32 MR,
+each the server's peak resident memory over its resident memory just before (Linux: VmHWM is reset
+through /proc/PID/clear_refs), per declared voxel.
 
     python benchmarks/server_load.py --variant tiny --clients 4 --duration 60
+    python benchmarks/server_load.py --variant tiny --clients 16 --duration 20 --upload-probe 33.5
     python benchmarks/server_load.py --variant vit_b --checkpoint random --precision bf16 --clients 1 --duration 1
     python benchmarks/server_load.py --url http://gpu-box:8123 --token ... --clients 8   # a running server
 """
@@ -23,6 +30,7 @@ peak memory (VmHWM) when it started the server itself.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import platform
@@ -32,6 +40,9 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
+import zlib
 from collections import defaultdict
 from pathlib import Path
 
@@ -63,9 +74,26 @@ class Server:
 
     def __init__(self, args: argparse.Namespace) -> None:
         checkpoint = random_checkpoint(args.variant) if args.checkpoint == "random" else args.checkpoint
-        command = [sys.executable, "-m", "medsam_monai.cli", "serve", "--port", "0", "--variant", args.variant,
-                   "--device", args.device, "--precision", args.precision, "--prefetch-slices", "0",
-                   "--log-level", "warning", "--cache-mb", str(args.cache_mb)]
+        command = [
+            sys.executable,
+            "-m",
+            "medsam_monai.cli",
+            "serve",
+            "--port",
+            "0",
+            "--variant",
+            args.variant,
+            "--device",
+            args.device,
+            "--precision",
+            args.precision,
+            "--prefetch-slices",
+            "0",
+            "--log-level",
+            "warning",
+            "--cache-mb",
+            str(args.cache_mb),
+        ]
         if checkpoint is not None:
             command += ["--checkpoint", str(checkpoint)]
         self.log = Path(tempfile.mkstemp(prefix="medsam-load-", suffix=".log")[1])
@@ -82,6 +110,10 @@ class Server:
         """VmHWM (peak resident memory) and VmRSS of the server, in MB."""
         status = Path(f"/proc/{self.process.pid}/status").read_text()
         return {key: int(re.search(rf"{key}:\s+(\d+) kB", status).group(1)) / 1024 for key in ("VmHWM", "VmRSS")}
+
+    def reset_peak(self) -> None:
+        """Make VmHWM start again from VmRSS (Linux 4.0+)."""
+        Path(f"/proc/{self.process.pid}/clear_refs").write_text("5")
 
     def stop(self) -> None:
         self.process.terminate()
@@ -136,10 +168,68 @@ def client_cycles(index: int, url: str, args: argparse.Namespace, deadline: floa
         client.close_session(session)
 
 
+def zero_upload(dtype: str, voxels: int, modality: str) -> tuple[dict, np.ndarray]:
+    """An upload body of ``voxels`` zeros (about a cube), compressed as far as zlib goes, and its affine."""
+    side = round(voxels ** (1 / 3))
+    shape = [side, side, max(1, voxels // (side * side))]
+    raw = zlib.compress(bytes(int(np.prod(shape)) * np.dtype(dtype).itemsize), 9)
+    volume = {"dtype": dtype, "shape": shape, "compression": "zlib", "data": base64.b64encode(raw).decode()}
+    return {
+        "volume": volume,
+        "ijk_to_ras": np.diag([0.5, 0.5, 0.5, 1.0]).tolist(),
+        "modality": modality,
+        "prefetch": False,
+    }, np.prod(shape)
+
+
+def upload_probe(server: Server, token: str | None, million_voxels: float) -> list[dict[str, object]]:
+    """Peak memory one zero-filled upload costs the server, per declared voxel."""
+    results = []
+    for dtype, modality in (("int16", "ct"), ("float32", "mr")):
+        body, voxels = zero_upload(dtype, int(million_voxels * 1e6), modality)
+        data = json.dumps(body).encode()
+        headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
+        time.sleep(1.0)
+        server.reset_peak()
+        before = server.memory()["VmRSS"]
+        start = time.perf_counter()
+        request = urllib.request.Request(server.url + "/sessions", data=data, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=600) as answer:
+                status, session = answer.status, json.loads(answer.read())["session_id"]
+        except urllib.error.HTTPError as err:
+            status, session = err.code, None
+        seconds = time.perf_counter() - start
+        peak = server.memory()["VmHWM"] - before
+        if session is not None:
+            urllib.request.urlopen(
+                urllib.request.Request(f"{server.url}/sessions/{session}", method="DELETE", headers=headers), timeout=60
+            )
+        results.append(
+            {
+                "dtype": dtype,
+                "modality": modality,
+                "voxels": int(voxels),
+                "request_kb": round(len(data) / 1024),
+                "status": status,
+                "seconds": round(seconds, 2),
+                "peak_mb": round(peak),
+                "bytes_per_voxel": round(peak * 2**20 / voxels, 2),
+            }
+        )
+    return results
+
+
 def percentiles(values: list[float]) -> dict[str, float]:
     data = np.asarray(values)
-    return {"n": len(data), "p50": float(np.percentile(data, 50)), "p90": float(np.percentile(data, 90)),
-            "p99": float(np.percentile(data, 99)), "max": float(data.max()), "mean": float(data.mean())}
+    return {
+        "n": len(data),
+        "p50": float(np.percentile(data, 50)),
+        "p90": float(np.percentile(data, 90)),
+        "p99": float(np.percentile(data, 99)),
+        "max": float(data.max()),
+        "mean": float(data.mean()),
+    }
 
 
 def main() -> int:
@@ -157,6 +247,13 @@ def main() -> int:
     parser.add_argument("--job-slices", type=int, default=20)
     parser.add_argument("--job-clients", type=int, default=1, help="clients that also run a 3D job per cycle")
     parser.add_argument("--shape", type=int, nargs=3, default=[256, 256, 48], metavar=("I", "J", "K"))
+    parser.add_argument(
+        "--upload-probe",
+        type=float,
+        default=0,
+        metavar="MVOXELS",
+        help="first measure the server's peak memory for zero-filled uploads of this many million voxels",
+    )
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     if args.shape[2] < args.job_slices + 2:
@@ -164,8 +261,12 @@ def main() -> int:
 
     server = None if args.url else Server(args)
     url = args.url or server.url
+    probe: list[dict[str, object]] = []
     try:
         health = MedSAMClient(url, token=args.token, timeout=600).health()
+        fresh = server.memory() if server is not None else {}
+        if server is not None and args.upload_probe > 0:
+            probe = upload_probe(server, args.token, args.upload_probe)
         record = Recorder()
         started = time.monotonic()
         deadline = started + args.duration
@@ -175,7 +276,11 @@ def main() -> int:
         for thread in threads:
             thread.join()
         wall = time.monotonic() - started
-        memory = server.memory() if server is not None else {}
+        if server is not None:
+            time.sleep(5.0)  # every session is closed: what stays is what the server keeps
+            memory = {"fresh_MB": fresh["VmRSS"], "peak_MB": server.memory()["VmHWM"], "closed_MB": server.memory()["VmRSS"]}
+        else:
+            memory = {}
     finally:
         if server is not None:
             server.stop()
@@ -183,16 +288,30 @@ def main() -> int:
     report = {
         "server": {k: health.get(k) for k in ("variant", "device", "precision", "version")},
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-        "clients": args.clients, "wall_s": round(wall, 1), "shape": args.shape, "job_slices": args.job_slices,
+        "clients": args.clients,
+        "wall_s": round(wall, 1),
+        "shape": args.shape,
+        "job_slices": args.job_slices,
         "latency_s": {kind: percentiles(values) for kind, values in sorted(record.latencies.items())},
-        "errors": len(record.errors), "error_samples": record.errors[:5], "server_memory_mb": memory,
+        "errors": len(record.errors),
+        "error_samples": record.errors[:5],
+        "server_memory_mb": memory,
+        "upload_probe": probe,
     }
     print(f"{report['server']} | {args.clients} clients | {wall:.0f} s | volume {args.shape} | errors {len(record.errors)}")
     print(f"{'request':12s} {'n':>4s} {'p50':>8s} {'p90':>8s} {'p99':>8s} {'max':>8s}")
     for kind, stats in report["latency_s"].items():
         print(f"{kind:12s} {stats['n']:4d} " + " ".join(f"{stats[q]:7.3f}s" for q in ("p50", "p90", "p99", "max")))
     if memory:
-        print(f"server peak memory (VmHWM): {memory['VmHWM']:.0f} MB")
+        print(
+            f"server memory: fresh {memory['fresh_MB']:.0f} MB, peak (VmHWM) {memory['peak_MB']:.0f} MB, "
+            f"all sessions closed {memory['closed_MB']:.0f} MB"
+        )
+    for row in probe:
+        print(
+            f"upload probe: {row['dtype']} {row['modality']}, {row['voxels'] / 1e6:.1f}M zero voxels in "
+            f"{row['request_kb']} KB: {row['status']}, peak +{row['peak_mb']} MB = {row['bytes_per_voxel']} bytes per voxel"
+        )
     for sample in record.errors[:5]:
         print("error:", sample)
     if args.json:

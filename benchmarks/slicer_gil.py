@@ -36,7 +36,6 @@ import sysconfig
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 MODULE_DIR = REPOSITORY / "slicer_extension" / "MedSAM"
@@ -123,26 +122,42 @@ def compile_host(folder: Path) -> Path:
         raise HostUnavailable("needs a Python built with --enable-shared (libpython)")
     source, program = folder / "gil_host.c", folder / "gil_host"
     source.write_text(HOST_SOURCE)
-    command = [compiler, str(source), f"-I{include}", f"-L{libdir}", f"-Wl,-rpath,{libdir}", f"-lpython{version}",
-               "-o", str(program)]
+    command = [
+        compiler,
+        str(source),
+        f"-I{include}",
+        f"-L{libdir}",
+        f"-Wl,-rpath,{libdir}",
+        f"-lpython{version}",
+        "-o",
+        str(program),
+    ]
     built = subprocess.run(command, capture_output=True, text=True, check=False)
     if built.returncode != 0:
         raise HostUnavailable(f"compiling the host failed: {built.stderr.strip()[-500:]}")
     return program
 
 
-def host_environment() -> Dict[str, str]:
+def host_environment() -> dict[str, str]:
     """The embedded interpreter finds this interpreter's standard library, packages and the extension."""
     paths = [str(MODULE_DIR)] + [p for p in sys.path if p]
     home = sys.base_prefix if sys.base_prefix == sys.base_exec_prefix else f"{sys.base_prefix}:{sys.base_exec_prefix}"
     return {**os.environ, "PYTHONHOME": home, "PYTHONPATH": os.pathsep.join(paths), IN_HOST: "1"}
 
 
-def run_guest(program: Optional[Path], port: int, mode: str, workloads: List[str]) -> Dict[str, List[float]]:
+def run_guest(program: Path | None, port: int, mode: str, workloads: list[str]) -> dict[str, list[float]]:
     """Seconds each run of each workload took under ``mode`` (workloads may repeat, one after the other);
     ``program`` None runs a plain Python process."""
-    arguments = [str(Path(__file__).resolve()), "--guest", "--port", str(port), "--mode", mode, "--workloads",
-                 ",".join(workloads)]
+    arguments = [
+        str(Path(__file__).resolve()),
+        "--guest",
+        "--port",
+        str(port),
+        "--mode",
+        mode,
+        "--workloads",
+        ",".join(workloads),
+    ]
     if program is None:
         command, environment = [sys.executable, *arguments], {**os.environ}
     else:
@@ -194,8 +209,9 @@ def start_stub_server() -> tuple:
     from MedSAMLib.server_process import free_port
 
     port = free_port()
-    process = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--serve", str(port)],
-                               stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve()), "--serve", str(port)], stdout=subprocess.PIPE, text=True
+    )
     if process.stdout.readline().strip() != "ready":
         process.kill()
         raise RuntimeError("the stub server did not start")
@@ -221,15 +237,16 @@ def workload(name: str, url: str, port: int):
             connection.request("POST", "/upload", body=payload, headers={"Content-Type": "application/octet-stream"})
             connection.getresponse().read()
             connection.close()
+
         return upload
     if name == "create_session":
         rng = np.random.default_rng(0)
-        volume = (rng.normal(40, 20, (256, 256, 512)).astype(np.int16))  # 64 MB of noisy "tissue"
+        volume = rng.normal(40, 20, (256, 256, 512)).astype(np.int16)  # 64 MB of noisy "tissue"
         return lambda progress, cancelled: client.create_session(volume, np.eye(4), modality="ct")
     raise ValueError(f"unknown workload {name!r}")
 
 
-def guest(port: int, mode: str, workloads: List[str]):
+def guest(port: int, mode: str, workloads: list[str]):
     """Set up the ``tick()`` the host (or a plain loop) calls every TICK_MS; returns it."""
     from MedSAMLib import tasks
 
@@ -241,6 +258,7 @@ def guest(port: int, mode: str, workloads: List[str]):
         def run(progress, cancelled):
             work(progress, cancelled)
             results.setdefault(name, []).append(time.perf_counter() - state["started"])  # worker through
+
         return run
 
     def tick() -> bool:
@@ -265,14 +283,18 @@ def guest(port: int, mode: str, workloads: List[str]):
 # ----- the driver -----------------------------------------------------------------------------------
 
 
-def measure(workloads: List[str], repeats: int = 1, modes=MODES) -> Dict[str, Dict[str, float]]:
+def measure(workloads: list[str], repeats: int = 1, modes=MODES) -> dict[str, dict[str, float]]:
     """Median seconds per mode and workload (``repeats`` runs of each, in one process per mode)."""
     with tempfile.TemporaryDirectory() as folder:
         program = compile_host(Path(folder))
         server, port = start_stub_server()
         try:
-            runs = {mode: run_guest(None if mode == "free" else program, port, mode,
-                                    [name for name in workloads for _ in range(repeats)]) for mode in modes}
+            runs = {
+                mode: run_guest(
+                    None if mode == "free" else program, port, mode, [name for name in workloads for _ in range(repeats)]
+                )
+                for mode in modes
+            }
         finally:
             server.kill()
             server.wait()
@@ -303,7 +325,7 @@ def main(argv=None) -> int:
     return 0
 
 
-def run_as_guest(argv: List[str]):
+def run_as_guest(argv: list[str]):
     """The workloads' side: returns the ``tick()`` the host calls; a plain interpreter ("free") loops here."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--guest", action="store_true")

@@ -75,13 +75,21 @@ def main() -> None:
                 times[name].append(seconds)
     medians = {name: statistics.median(t) for name, t in times.items()}
     windowed, with_global = medians.values()
-    print(json.dumps({
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
-        "batch": args.batch, "prompts_per_slice": args.prompts,
-        "median_step_s": {k: round(v, 3) for k, v in medians.items()},
-        "global_over_windowed": round(with_global / windowed, 2),
-        "all_step_s": {k: [round(t, 3) for t in v] for k, v in times.items()},
-    }, indent=1))
+    print(
+        json.dumps(
+            {
+                "machine": (
+                    f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+                ),
+                "batch": args.batch,
+                "prompts_per_slice": args.prompts,
+                "median_step_s": {k: round(v, 3) for k, v in medians.items()},
+                "global_over_windowed": round(with_global / windowed, 2),
+                "all_step_s": {k: [round(t, 3) for t in v] for k, v in times.items()},
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -177,8 +177,7 @@ def check_state_dict_fits(model: Sam, state: Mapping[str, torch.Tensor], source:
 
 def _raise_no_variant(state: Mapping[str, torch.Tensor], source: str) -> str:
     raise CheckpointError(
-        f"{source} fits none of the variants {', '.join(SAM_VARIANTS)} "
-        f"({len(state)} tensors; e.g. {_first(sorted(state))})"
+        f"{source} fits none of the variants {', '.join(SAM_VARIANTS)} ({len(state)} tensors; e.g. {_first(sorted(state))})"
     )
 
 
@@ -329,7 +328,7 @@ def _read_weight_map(index_path: Path) -> Mapping[str, object]:
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:
         raise CheckpointError(
-            f"{index_path} is not a valid index: it needs a non-empty \"weight_map\" object of tensor name -> shard file"
+            f'{index_path} is not a valid index: it needs a non-empty "weight_map" object of tensor name -> shard file'
         )
     return weight_map
 

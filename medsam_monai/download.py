@@ -111,10 +111,7 @@ class _TransferClock:
         elapsed = now - self.window_start
         if elapsed >= self.window:
             if self.window_bytes < self.min_rate * elapsed:
-                return (
-                    f"stalled: {self.window_bytes} bytes in {elapsed:.1f} s, "
-                    f"under the minimum of {self.min_rate:g} bytes/s"
-                )
+                return f"stalled: {self.window_bytes} bytes in {elapsed:.1f} s, under the minimum of {self.min_rate:g} bytes/s"
             self.window_start, self.window_bytes = now, 0
         return None
 
@@ -454,8 +451,7 @@ def download_file(
             # version); one clean restart is worth trying.
             continue
         raise ChecksumError(
-            f"Downloaded {url} but {problem}; the corrupt data was deleted: run again, or "
-            f"{_manual_fallback(url, dest)}"
+            f"Downloaded {url} but {problem}; the corrupt data was deleted: run again, or {_manual_fallback(url, dest)}"
         )
     raise AssertionError("unreachable")  # pragma: no cover
 
@@ -522,8 +518,7 @@ def fetch_weights(
         )
     if not _looks_like_url(name_or_url):
         raise ValueError(
-            f"Unknown weights {name_or_url!r}: expected one of {', '.join(sorted(KNOWN_WEIGHTS))} "
-            f"or an http(s)/file URL"
+            f"Unknown weights {name_or_url!r}: expected one of {', '.join(sorted(KNOWN_WEIGHTS))} or an http(s)/file URL"
         )
     _check_scheme(name_or_url)
     destination = directory / _filename_from_url(name_or_url)

@@ -270,6 +270,10 @@ def _search_block(a: np.ndarray, lo: np.ndarray, hi: np.ndarray, start: np.ndarr
         return None
     first_last = [(r[np.flatnonzero(o)[0]], r[np.flatnonzero(o)[-1]]) for r, o in zip(ranges, occupied)]
     return (
-        int(first_last[0][0]), int(first_last[1][0]), int(first_last[2][0]),
-        int(first_last[0][1]), int(first_last[1][1]), int(first_last[2][1]),
+        int(first_last[0][0]),
+        int(first_last[1][0]),
+        int(first_last[2][0]),
+        int(first_last[0][1]),
+        int(first_last[1][1]),
+        int(first_last[2][1]),
     )

@@ -39,8 +39,9 @@ def label_box(labels: np.ndarray, value: int) -> tuple[int, int, int, int, int, 
     return (*idx.min(0).tolist(), *idx.max(0).tolist())  # type: ignore[return-value]
 
 
-def ct_phantom(shape: tuple[int, int, int] = (96, 80, 40), spacing: tuple[float, float, float] = (2.0, 2.0, 4.0),
-               seed: int = 0) -> Phantom:
+def ct_phantom(
+    shape: tuple[int, int, int] = (96, 80, 40), spacing: tuple[float, float, float] = (2.0, 2.0, 4.0), seed: int = 0
+) -> Phantom:
     """An abdomen-like CT volume in RAS voxel order: air, a fat-rimmed body of soft tissue (HU ~ 40),
     a liver-like organ (HU ~ 105, portal venous phase; label 1) and an unlabelled kidney-like
     blob (HU ~ 180), with Gaussian noise."""
@@ -49,10 +50,16 @@ def ct_phantom(shape: tuple[int, int, int] = (96, 80, 40), spacing: tuple[float,
     ci, cj, ck = (n / 2 for n in shape)
     body = ((i - ci) / (0.45 * shape[0])) ** 2 + ((j - cj) / (0.4 * shape[1])) ** 2 <= 1
     inner = ((i - ci) / (0.40 * shape[0])) ** 2 + ((j - cj) / (0.35 * shape[1])) ** 2 <= 1
-    organ = (((i - 0.35 * shape[0]) / (0.16 * shape[0])) ** 2 + ((j - 0.45 * shape[1]) / (0.18 * shape[1])) ** 2
-             + ((k - ck) / (0.3 * shape[2])) ** 2) <= 1
-    blob = (((i - 0.68 * shape[0]) / (0.07 * shape[0])) ** 2 + ((j - 0.6 * shape[1]) / (0.08 * shape[1])) ** 2
-            + ((k - ck) / (0.2 * shape[2])) ** 2) <= 1
+    organ = (
+        ((i - 0.35 * shape[0]) / (0.16 * shape[0])) ** 2
+        + ((j - 0.45 * shape[1]) / (0.18 * shape[1])) ** 2
+        + ((k - ck) / (0.3 * shape[2])) ** 2
+    ) <= 1
+    blob = (
+        ((i - 0.68 * shape[0]) / (0.07 * shape[0])) ** 2
+        + ((j - 0.6 * shape[1]) / (0.08 * shape[1])) ** 2
+        + ((k - ck) / (0.2 * shape[2])) ** 2
+    ) <= 1
     hu = np.full(shape, -1000.0, dtype=np.float32)
     hu[body] = -100.0
     hu[inner] = 40.0
@@ -61,8 +68,12 @@ def ct_phantom(shape: tuple[int, int, int] = (96, 80, 40), spacing: tuple[float,
     hu += rng.normal(0.0, 10.0, size=shape).astype(np.float32)
     affine = np.diag([*spacing, 1.0])
     labels = organ.astype(np.uint8)
-    return Phantom(Volume(hu.astype(np.int16), affine, source="phantom"), labels, label_box(labels, 1),  # type: ignore[arg-type]
-                   {1: "organ"})
+    return Phantom(
+        Volume(hu.astype(np.int16), affine, source="phantom"),
+        labels,
+        label_box(labels, 1),  # type: ignore[arg-type]
+        {1: "organ"},
+    )
 
 
 DEMO_PHANTOM_SEED = 300_028  # outside every training range; four organs, all different

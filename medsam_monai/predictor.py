@@ -176,8 +176,8 @@ class MedSAMPredictor:
             raise ValueError("give a box, points or a mask prompt")
         boxes_t = None
         if box is not None:
-            model_box = np.asarray(box, dtype=np.float64) if box_in_model_frame else scale_box_to_model(
-                box, slice_shape, self.image_size
+            model_box = (
+                np.asarray(box, dtype=np.float64) if box_in_model_frame else scale_box_to_model(box, slice_shape, self.image_size)
             )
             boxes_t = torch.as_tensor(model_box, dtype=torch.float32, device=self.device).reshape(1, 4)
         points_t = None
@@ -202,8 +202,9 @@ class MedSAMPredictor:
             )
         logits = logits.float()
         probabilities = mask_probabilities(logits, slice_shape)[0].cpu().numpy()
-        return SlicePrediction(masks=probabilities > 0.5, iou=iou[0].float().cpu().numpy(), low_res_logits=logits[0],
-                               probabilities=probabilities)
+        return SlicePrediction(
+            masks=probabilities > 0.5, iou=iou[0].float().cpu().numpy(), low_res_logits=logits[0], probabilities=probabilities
+        )
 
     def predict_slice(
         self,
@@ -219,9 +220,7 @@ class MedSAMPredictor:
         """Masks for one prompt on slice ``index`` of an (S, H, W) display volume (embedding cached)."""
         _check_slice_index(index, volume.shape[0])
         (embedding,) = self.slice_embeddings(volume, [index], volume_key)
-        return self.predict_from_embedding(
-            embedding, volume.shape[1:], box, points, point_labels, mask_input, multimask_output
-        )
+        return self.predict_from_embedding(embedding, volume.shape[1:], box, points, point_labels, mask_input, multimask_output)
 
     # ----- 3D propagation -------------------------------------------------------------------
 

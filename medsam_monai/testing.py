@@ -29,7 +29,9 @@ def hf_config_for(variant: str | SamVariant):  # -> transformers.SamConfig
             window_size=spec.window_size,
         ),
         prompt_encoder_config=dict(
-            hidden_size=spec.prompt_embed_dim, image_size=spec.image_size, patch_size=spec.patch_size,
+            hidden_size=spec.prompt_embed_dim,
+            image_size=spec.image_size,
+            patch_size=spec.patch_size,
             mask_input_channels=spec.mask_in_chans,
         ),
         mask_decoder_config=dict(

@@ -19,20 +19,19 @@ import torch
 import yaml
 from monai.data import MetaTensor
 
-from medsam_monai.bundle import (
-    BoxesFromLabel,
-    BoxesFromLabeld,
-    boxes_from_prompts,
-    case_name,
-    resolve_checkpoint,
-    surface_scores,
-)
+from medsam_monai.bundle import resolve_checkpoint, surface_scores
 from medsam_monai.checkpoints import TINY_DEMO_CHECKPOINT
 from medsam_monai.cli import main as medsam_main
 from medsam_monai.devices import describe_device, resolve_device
 from medsam_monai.download import KNOWN_WEIGHTS
 from medsam_monai.io import Volume
 from medsam_monai.networks import build_sam_variant
+from medsam_monai.transforms import (
+    BoxesFromLabel,
+    BoxesFromLabeld,
+    boxes_from_prompts,
+    case_name,
+)
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "medsam_vit_b"
 CONFIGS = BUNDLE / "configs"
@@ -74,8 +73,17 @@ def data_dir(tmp_path):
 def run_bundle_command(*arguments, config="inference.json", timeout=300):
     """``python -m monai.bundle run`` in a subprocess, as a user types it (from the bundle's folder)."""
     pytest.importorskip("fire")  # what `python -m monai.bundle` parses its arguments with
-    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIGS / config),
-               "--bundle_root", str(BUNDLE), *map(str, arguments)]
+    command = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        str(CONFIGS / config),
+        "--bundle_root",
+        str(BUNDLE),
+        *map(str, arguments),
+    ]
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=BUNDLE, check=False)
 
 
@@ -110,12 +118,34 @@ def test_input_dict_run_equals_medsam_segment_voxel_for_voxel(tiny_ckpt, data_di
     image = data_dir / "anatomical.nii"
     ras_box = ras_box_of([12, 8, 10, 28, 34, 11], nib.load(str(image)).affine)
     # variant "auto" reads the variant from the checkpoint; medsam segment is told "tiny"
-    run_bundle(["inference.json"], tiny_ckpt, tmp_path / "out", variant="auto",
-               input_dict={"image": str(image), "box": VOXEL_BOX, "box_ras": ras_box})
+    run_bundle(
+        ["inference.json"],
+        tiny_ckpt,
+        tmp_path / "out",
+        variant="auto",
+        input_dict={"image": str(image), "box": VOXEL_BOX, "box_ras": ras_box},
+    )
     cli_out = tmp_path / "cli.nii.gz"
-    assert medsam_main(["segment", str(image), "--box", ",".join(map(str, VOXEL_BOX)),
-                        "--box-ras=" + ",".join(map(str, ras_box)), "--variant", "tiny", "--checkpoint", str(tiny_ckpt),
-                        "--modality", "mr", "--out", str(cli_out)]) == 0
+    assert (
+        medsam_main(
+            [
+                "segment",
+                str(image),
+                "--box",
+                ",".join(map(str, VOXEL_BOX)),
+                "--box-ras=" + ",".join(map(str, ras_box)),
+                "--variant",
+                "tiny",
+                "--checkpoint",
+                str(tiny_ckpt),
+                "--modality",
+                "mr",
+                "--out",
+                str(cli_out),
+            ]
+        )
+        == 0
+    )
 
     bundle_labels, bundle_affine, bundle_dtype = labels_of(tmp_path / "out" / "anatomical_seg.nii.gz")
     cli_labels, cli_affine, cli_dtype = labels_of(cli_out)
@@ -130,15 +160,17 @@ def test_datalist_bad_cases_fail_alone_with_one_line_naming_them(tiny_ckpt, data
     for name in ("copy.nii", "third.nii"):
         shutil.copy(data_dir / "anatomical.nii", data_dir / name)
     one_slice = VOXEL_BOX[:5] + [10]
-    datalist = {"testing": [
-        {"image": "anatomical.nii", "box": one_slice},
-        {"image": "missing.nii.gz", "box": VOXEL_BOX},
-        {"box": VOXEL_BOX},
-        {"image": "third.nii", "box": [0, 0, 0, 33, 5, 5]},
-        # same image content and box as case 1, under another name and with its own label value
-        {"image": "copy.nii", "boxes": [{"box": one_slice, "label": 3, "name": "spot"}]},
-        {"image": "anatomical.nii", "box": one_slice},
-    ]}
+    datalist = {
+        "testing": [
+            {"image": "anatomical.nii", "box": one_slice},
+            {"image": "missing.nii.gz", "box": VOXEL_BOX},
+            {"box": VOXEL_BOX},
+            {"image": "third.nii", "box": [0, 0, 0, 33, 5, 5]},
+            # same image content and box as case 1, under another name and with its own label value
+            {"image": "copy.nii", "boxes": [{"box": one_slice, "label": 3, "name": "spot"}]},
+            {"image": "anatomical.nii", "box": one_slice},
+        ]
+    }
     (data_dir / "datalist.json").write_text(json.dumps(datalist))
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as exit_info:
@@ -177,8 +209,18 @@ def test_every_case_failing_ends_the_run_non_zero(tiny_ckpt, data_dir, tmp_path,
 
 def test_command_line_input_dict_and_all_failed_exit_status(tiny_ckpt, data_dir, tmp_path):
     input_dict = f"{{'image': '{data_dir / 'anatomical.nii'}', 'box': [0, 0, 0, 40, 5, 5]}}"
-    result = run_bundle_command("--ckpt_path", tiny_ckpt, "--variant", "tiny", "--device", "cpu",
-                                "--output_dir", tmp_path / "out", "--input_dict", input_dict)
+    result = run_bundle_command(
+        "--ckpt_path",
+        tiny_ckpt,
+        "--variant",
+        "tiny",
+        "--device",
+        "cpu",
+        "--output_dir",
+        tmp_path / "out",
+        "--input_dict",
+        input_dict,
+    )
     assert result.returncode == 1
     assert "box (0, 0, 0, 40, 5, 5) is outside the image" in result.stdout  # the dict reached the case intact
     assert result.stderr.strip().splitlines()[-1] == "medsam bundle: 1 of 1 cases failed: anatomical"
@@ -189,15 +231,18 @@ def test_tiny_without_ckpt_path_uses_the_packaged_weights_and_partial_failure_ex
     """`--variant tiny` alone runs (no models/model.pt needed), as `medsam segment --variant tiny`;
     a datalist where some cases fail ends with a summary line and exit status 1, the others written."""
     shutil.copy(data_dir / "anatomical.nii", data_dir / "second.nii")
-    datalist = {"testing": [
-        {"image": "anatomical.nii", "box": VOXEL_BOX},
-        {"image": "missing.nii.gz", "box": VOXEL_BOX},
-        {"image": "second.nii", "box": [0, 0, 0, 40, 5, 5]},
-    ]}
+    datalist = {
+        "testing": [
+            {"image": "anatomical.nii", "box": VOXEL_BOX},
+            {"image": "missing.nii.gz", "box": VOXEL_BOX},
+            {"image": "second.nii", "box": [0, 0, 0, 40, 5, 5]},
+        ]
+    }
     (data_dir / "datalist.json").write_text(json.dumps(datalist))
     out = tmp_path / "out"
-    result = run_bundle_command("--variant", "tiny", "--modality", "mr", "--output_dir", out,
-                                "--datalist", data_dir / "datalist.json")
+    result = run_bundle_command(
+        "--variant", "tiny", "--modality", "mr", "--output_dir", out, "--datalist", data_dir / "datalist.json"
+    )
     log = result.stdout + result.stderr
     assert result.returncode == 1, log[-3000:]
     assert result.stderr.strip().splitlines()[-1] == "medsam bundle: 2 of 3 cases failed: missing, second"
@@ -208,8 +253,25 @@ def test_tiny_without_ckpt_path_uses_the_packaged_weights_and_partial_failure_ex
     assert sorted(p.name for p in out.iterdir()) == ["anatomical_seg.nii.gz"]
 
     cli_out = tmp_path / "cli.nii.gz"
-    assert medsam_main(["segment", str(data_dir / "anatomical.nii"), "--box", ",".join(map(str, VOXEL_BOX)),
-                        "--variant", "tiny", "--modality", "mr", "--device", expected_device, "--out", str(cli_out)]) == 0
+    assert (
+        medsam_main(
+            [
+                "segment",
+                str(data_dir / "anatomical.nii"),
+                "--box",
+                ",".join(map(str, VOXEL_BOX)),
+                "--variant",
+                "tiny",
+                "--modality",
+                "mr",
+                "--device",
+                expected_device,
+                "--out",
+                str(cli_out),
+            ]
+        )
+        == 0
+    )
     bundle_labels, _, _ = labels_of(out / "anatomical_seg.nii.gz")
     assert (bundle_labels > 0).any()
     np.testing.assert_array_equal(bundle_labels, labels_of(cli_out)[0])  # the same (packaged) weights
@@ -226,33 +288,55 @@ def test_checkpoint_defaults_by_variant_and_an_explicit_path_wins(tmp_path):
 
 def test_missing_checkpoint_says_how_to_download(data_dir, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
-        run_bundle(["inference.json"], tmp_path / "models" / "model.pt", tmp_path / "out",
-                   input_dict={"image": str(data_dir / "anatomical.nii"), "box": VOXEL_BOX})
+        run_bundle(
+            ["inference.json"],
+            tmp_path / "models" / "model.pt",
+            tmp_path / "out",
+            input_dict={"image": str(data_dir / "anatomical.nii"), "box": VOXEL_BOX},
+        )
     message = str(exit_info.value.code)
     assert "not found" in message and f"download_large_files --bundle_path {BUNDLE}" in message
     assert "medsam download" in message and "\n" not in message
     # vit_b without --ckpt_path: the bundle's models/model.pt, under the bundle_root given
     with pytest.raises(SystemExit) as exit_info:
-        run_bundle(["inference.json"], None, tmp_path / "out", variant="vit_b", bundle_root=str(tmp_path),
-                   input_dict={"image": str(data_dir / "anatomical.nii"), "box": VOXEL_BOX})
+        run_bundle(
+            ["inference.json"],
+            None,
+            tmp_path / "out",
+            variant="vit_b",
+            bundle_root=str(tmp_path),
+            input_dict={"image": str(data_dir / "anatomical.nii"), "box": VOXEL_BOX},
+        )
     assert str(exit_info.value.code).startswith(f"medsam bundle: error: checkpoint {tmp_path / 'models' / 'model.pt'} not found")
 
 
-@pytest.mark.parametrize(("setting", "value", "expected"), [
-    ("modality", "xray", "unknown modality 'xray'"),
-    ("precision", "fp16", "unknown precision 'fp16'"),
-    ("variant", "vit_x", "unknown variant 'vit_x'"),
-    ("window", "lung", "a CT window ('lung') was given for modality 'mr'"),
-    ("axis", "oblique", "unknown slicing axis 'oblique'"),
-    ("device", "gpu", "unknown device 'gpu'; use auto"),
-    ("device", "meta", "device 'meta' cannot run a model here"),
-    pytest.param("device", "cuda", "device 'cuda' asked for, but torch sees no CUDA GPU",
-                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")),
-])
+@pytest.mark.parametrize(
+    ("setting", "value", "expected"),
+    [
+        ("modality", "xray", "unknown modality 'xray'"),
+        ("precision", "fp16", "unknown precision 'fp16'"),
+        ("variant", "vit_x", "unknown variant 'vit_x'"),
+        ("window", "lung", "a CT window ('lung') was given for modality 'mr'"),
+        ("axis", "oblique", "unknown slicing axis 'oblique'"),
+        ("device", "gpu", "unknown device 'gpu'; use auto"),
+        ("device", "meta", "device 'meta' cannot run a model here"),
+        pytest.param(
+            "device",
+            "cuda",
+            "device 'cuda' asked for, but torch sees no CUDA GPU",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU"),
+        ),
+    ],
+)
 def test_bad_settings_stop_before_any_case(tiny_ckpt, data_dir, tmp_path, setting, value, expected):
     with pytest.raises(SystemExit) as exit_info:
-        run_bundle(["inference.json"], tiny_ckpt, tmp_path / "out", **{setting: value},
-                   input_dict={"image": str(data_dir / "anatomical.nii"), "box": VOXEL_BOX})
+        run_bundle(
+            ["inference.json"],
+            tiny_ckpt,
+            tmp_path / "out",
+            **{setting: value},
+            input_dict={"image": str(data_dir / "anatomical.nii"), "box": VOXEL_BOX},
+        )
     assert str(exit_info.value.code).startswith("medsam bundle: error: " + expected)
     assert not (tmp_path / "out").exists()
 
@@ -275,25 +359,36 @@ def test_prompts_give_boxes_numbered_as_medsam_segment():
     volume = Volume(np.zeros((10, 12, 8), np.int16), affine)
     ras = ras_box_of([1, 2, 3, 4, 5, 6], affine)
     boxes, names = boxes_from_prompts(
-        {"box": [[0, 0, 0, 1, 1, 1], [2, 2, 2, 3, 3, 3]], "box_ras": ras,
-         "boxes": [[5, 5, 5, 6, 6, 6], {"box": [1, 1, 1, 9, 11, 7], "label": 9, "name": "liver"}]},
+        {
+            "box": [[0, 0, 0, 1, 1, 1], [2, 2, 2, 3, 3, 3]],
+            "box_ras": ras,
+            "boxes": [[5, 5, 5, 6, 6, 6], {"box": [1, 1, 1, 9, 11, 7], "label": 9, "name": "liver"}],
+        },
         volume,
     )
     assert [b.box for b in boxes] == [
-        (0, 0, 0, 1, 1, 1), (2, 2, 2, 3, 3, 3), (1, 2, 3, 4, 5, 6), (5, 5, 5, 6, 6, 6), (1, 1, 1, 9, 11, 7)]
+        (0, 0, 0, 1, 1, 1),
+        (2, 2, 2, 3, 3, 3),
+        (1, 2, 3, 4, 5, 6),
+        (5, 5, 5, 6, 6, 6),
+        (1, 1, 1, 9, 11, 7),
+    ]
     assert [b.label for b in boxes] == [1, 2, 3, 4, 9]
     assert names == {1: "Segment_1", 2: "Segment_2", 3: "Segment_3", 4: "Segment_4", 9: "liver"}
 
 
-@pytest.mark.parametrize(("prompts", "message"), [
-    ({}, "no box given"),
-    ({"box": [1, 2, 3]}, "'box' must be 6 numbers"),
-    ({"box": [0, 0, 0, 10, 1, 1]}, "outside the image"),
-    ({"box": [3, 0, 0, 1, 1, 1]}, "reversed"),
-    ({"boxes": [{"box": [0, 0, 0, 1, 1, 1], "box_ras": [0, 0, 0, 1, 1, 1]}]}, "exactly one of 'box' or 'box_ras'"),
-    ({"boxes": [{"box": [0, 0, 0, 1, 1, 1], "label": 0}]}, "'label' must be a whole number in 1..65535"),
-    ({"boxes": "0,0,0,1,1,1"}, "'boxes' must be a list"),
-])
+@pytest.mark.parametrize(
+    ("prompts", "message"),
+    [
+        ({}, "no box given"),
+        ({"box": [1, 2, 3]}, "'box' must be 6 numbers"),
+        ({"box": [0, 0, 0, 10, 1, 1]}, "outside the image"),
+        ({"box": [3, 0, 0, 1, 1, 1]}, "reversed"),
+        ({"boxes": [{"box": [0, 0, 0, 1, 1, 1], "box_ras": [0, 0, 0, 1, 1, 1]}]}, "exactly one of 'box' or 'box_ras'"),
+        ({"boxes": [{"box": [0, 0, 0, 1, 1, 1], "label": 0}]}, "'label' must be a whole number in 1..65535"),
+        ({"boxes": "0,0,0,1,1,1"}, "'boxes' must be a list"),
+    ],
+)
 def test_bad_prompts_are_one_line_errors(prompts, message):
     volume = Volume(np.zeros((10, 12, 8), np.int16), np.eye(4))
     with pytest.raises(ValueError, match=message):
@@ -302,7 +397,12 @@ def test_bad_prompts_are_one_line_errors(prompts, message):
 
 def test_case_names_drop_the_image_suffix():
     assert [case_name(p) for p in ("a/ct_01.nii.gz", "b/mr.v2.nii", "c/t1.nrrd", "d/series_dir", "e/x.MHA")] == [
-        "ct_01", "mr.v2", "t1", "series_dir", "x"]
+        "ct_01",
+        "mr.v2",
+        "t1",
+        "series_dir",
+        "x",
+    ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -364,13 +464,18 @@ def test_evaluate_writes_per_case_and_mean_dice_and_nsd(tiny_ckpt, data_dir, tmp
     nib.save(nib.Nifti1Image(label, image.affine), str(data_dir / "anatomical_label.nii.gz"))
     nib.save(nib.Nifti1Image(label[:-1], image.affine), str(data_dir / "cropped_label.nii.gz"))
     shutil.copy(data_dir / "anatomical.nii", data_dir / "second.nii")
-    datalist = {"testing": [{"image": "anatomical.nii", "label": "anatomical_label.nii.gz"},
-                            {"image": "second.nii", "label": "cropped_label.nii.gz"}]}
+    datalist = {
+        "testing": [
+            {"image": "anatomical.nii", "label": "anatomical_label.nii.gz"},
+            {"image": "second.nii", "label": "cropped_label.nii.gz"},
+        ]
+    }
     (data_dir / "datalist.json").write_text(json.dumps(datalist))
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as exit_info:  # the second case's label is on another grid
-        run_bundle(["inference.json", "evaluate.json"], tiny_ckpt, out, datalist=str(data_dir / "datalist.json"),
-                   box_jitter=1, seed=3)
+        run_bundle(
+            ["inference.json", "evaluate.json"], tiny_ckpt, out, datalist=str(data_dir / "datalist.json"), box_jitter=1, seed=3
+        )
     assert exit_info.value.code == "medsam bundle: 1 of 2 cases failed: second"
 
     with open(out / "metrics.csv", newline="") as handle:
@@ -409,8 +514,13 @@ def test_evaluate_without_label_is_one_line_per_case(tiny_ckpt, data_dir, tmp_pa
 
 def test_bad_evaluation_settings_stop_early(tiny_ckpt, data_dir, tmp_path):
     with pytest.raises(SystemExit, match="box jitter is a whole number of voxels >= 0"):
-        run_bundle(["inference.json", "evaluate.json"], tiny_ckpt, tmp_path / "out", box_jitter=-1,
-                   input_dict={"image": str(data_dir / "anatomical.nii"), "label": str(data_dir / "anatomical.nii")})
+        run_bundle(
+            ["inference.json", "evaluate.json"],
+            tiny_ckpt,
+            tmp_path / "out",
+            box_jitter=-1,
+            input_dict={"image": str(data_dir / "anatomical.nii"), "label": str(data_dir / "anatomical.nii")},
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -447,10 +557,14 @@ def test_broken_metadata_fails_validation(schema_copy, tmp_path, breakage):
 
 
 def test_large_files_names_the_known_medsam_weights_and_downloads(tmp_path):
-    entry, = yaml.safe_load((BUNDLE / "large_files.yml").read_text())["large_files"]
+    (entry,) = yaml.safe_load((BUNDLE / "large_files.yml").read_text())["large_files"]
     known = KNOWN_WEIGHTS["medsam_vit_b"]
     assert (entry["path"], entry["url"], entry["hash_val"], entry["hash_type"]) == (
-        "models/model.pt", known.url, known.sha256, "sha256")
+        "models/model.pt",
+        known.url,
+        known.sha256,
+        "sha256",
+    )
 
     # The same file through monai's own downloader, with a local file standing in for the URL.
     weights = tmp_path / "weights.bin"

@@ -116,8 +116,11 @@ def test_missing_and_unexpected_keys_are_named(tmp_path, tiny_state):
     del state["mask_decoder.iou_token.weight"]
     state["mask_decoder.extra.weight"] = torch.zeros(1)
     torch.save(state, tmp_path / "broken.pth")
-    with pytest.raises(CheckpointError, match=r"1 missing keys \(mask_decoder.iou_token.weight\).*"
-                       r"1 unexpected keys \(mask_decoder.extra.weight\).*fits none"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"1 missing keys \(mask_decoder.iou_token.weight\).*"
+        r"1 unexpected keys \(mask_decoder.extra.weight\).*fits none",
+    ):
         build_sam("tiny", tmp_path / "broken.pth")
 
 

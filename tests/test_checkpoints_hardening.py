@@ -77,10 +77,10 @@ def write_shards(folder: Path, state: dict, index_name: str, shard_names: tuple[
 @pytest.mark.parametrize(
     "content, match",
     [
-        pytest.param("{}", "non-empty \"weight_map\"", id="empty object"),
-        pytest.param("[]", "non-empty \"weight_map\"", id="a list"),
-        pytest.param('{"weight_map": {}}', "non-empty \"weight_map\"", id="empty weight_map"),
-        pytest.param('{"weight_map": ["a.safetensors"]}', "non-empty \"weight_map\"", id="weight_map a list"),
+        pytest.param("{}", 'non-empty "weight_map"', id="empty object"),
+        pytest.param("[]", 'non-empty "weight_map"', id="a list"),
+        pytest.param('{"weight_map": {}}', 'non-empty "weight_map"', id="empty weight_map"),
+        pytest.param('{"weight_map": ["a.safetensors"]}', 'non-empty "weight_map"', id="weight_map a list"),
         pytest.param('{"weight_map": {"a": 3}}', r"not file names \(3\)", id="int shard name"),
         pytest.param('{"weight_map": {"a": null}}', r"not file names \(None\)", id="null shard name"),
         pytest.param('{"weight_map": {"a": [1]}}', r"not file names \(\[1\]\)", id="unhashable shard name"),
@@ -235,11 +235,14 @@ def make_deflate_bomb(path: Path, mib: int = 1024) -> Path:
     _TorchPickler(buffer, protocol=2).dump({"image_encoder.pos_embed": _TensorOfStorage(mib << 18)})
     pickled = buffer.getvalue()
     data, crc = _zeros_deflate(mib)
-    _write_zip(path, [
-        ("archive/data.pkl", 0, pickled, zlib.crc32(pickled), len(pickled)),
-        ("archive/data/0", 8, data, crc, mib << 20),
-        ("archive/version", 0, b"3\n", zlib.crc32(b"3\n"), 2),
-    ])
+    _write_zip(
+        path,
+        [
+            ("archive/data.pkl", 0, pickled, zlib.crc32(pickled), len(pickled)),
+            ("archive/data/0", 8, data, crc, mib << 20),
+            ("archive/version", 0, b"3\n", zlib.crc32(b"3\n"), 2),
+        ],
+    )
     return path
 
 
@@ -321,8 +324,9 @@ def _nrrd_written_by_simpleitk(folder: Path) -> Path:
     [
         pytest.param(lambda tmp: NIBABEL_DATA / "anatomical.nii", "a NIfTI-1 image (.nii)", id="nifti1"),
         pytest.param(lambda tmp: NIBABEL_DATA / "example4d.nii.gz", "a gzip-compressed NIfTI-1 image (.nii.gz)", id="nii.gz"),
-        pytest.param(lambda tmp: NIBABEL_DATA / "example_nifti2.nii.gz", "a gzip-compressed NIfTI-2 image (.nii.gz)",
-                     id="nifti2.gz"),
+        pytest.param(
+            lambda tmp: NIBABEL_DATA / "example_nifti2.nii.gz", "a gzip-compressed NIfTI-2 image (.nii.gz)", id="nifti2.gz"
+        ),
         pytest.param(lambda tmp: NIBABEL_DATA / "row_major.dconn.nii", "a NIfTI-2 image (.nii)", id="nifti2"),
         pytest.param(lambda tmp: NIBABEL_DATA / "nifti1.hdr", "a NIfTI-1 header (.hdr)", id="nifti1 hdr"),
         pytest.param(lambda tmp: NIBABEL_DATA / "analyze.hdr", "an Analyze 7.5 header (.hdr)", id="analyze"),
@@ -330,8 +334,9 @@ def _nrrd_written_by_simpleitk(folder: Path) -> Path:
         pytest.param(lambda tmp: NIBABEL_DATA / "0.dcm", "a DICOM file (.dcm)", id="nibabel dicom"),
         pytest.param(lambda tmp: NIBABEL_DATA / "README.rst", "a plain text file", id="text"),
         pytest.param(lambda tmp: pydicom.data.get_testdata_file("CT_small.dcm"), "a DICOM file (.dcm)", id="dicom"),
-        pytest.param(lambda tmp: pydicom.data.get_testdata_file("zipMR.gz"), "a gzip-compressed file holding a DICOM",
-                     id="dicom.gz"),
+        pytest.param(
+            lambda tmp: pydicom.data.get_testdata_file("zipMR.gz"), "a gzip-compressed file holding a DICOM", id="dicom.gz"
+        ),
         pytest.param(lambda tmp: pydicom.data.get_testdata_file("test1.json"), "a JSON text file", id="json"),
         pytest.param(lambda tmp: SKIMAGE_DATA / "camera.png", "a PNG image", id="png"),
         pytest.param(lambda tmp: SKIMAGE_DATA / "retina.jpg", "a JPEG image", id="jpeg"),

@@ -77,9 +77,11 @@ def assert_partial(labels: np.ndarray) -> None:
 
 
 def test_client_imports_nothing_of_medsam_monai_or_torch():
-    code = (f"import sys; sys.path.insert(0, {str(EXTENSION)!r}); import MedSAMLib.client; "
-            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('medsam_monai', 'torch', 'monai', 'fastapi')); "
-            "print(bad); sys.exit(1 if bad else 0)")
+    code = (
+        f"import sys; sys.path.insert(0, {str(EXTENSION)!r}); import MedSAMLib.client; "
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('medsam_monai', 'torch', 'monai', 'fastapi')); "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
 
@@ -93,8 +95,17 @@ def test_client_and_server_codecs_agree():
     np.testing.assert_array_equal(medsam_client.decode_array_kji(encode_array(labels_ijk)), labels_ijk.transpose(2, 1, 0))
 
 
-@pytest.mark.parametrize("dtype, wire", [(bool, "uint8"), (np.float16, "float32"), (np.int64, "float64"),
-                                         (">i2", "int16"), (np.uint16, "uint16"), (np.float64, "float64")])
+@pytest.mark.parametrize(
+    "dtype, wire",
+    [
+        (bool, "uint8"),
+        (np.float16, "float32"),
+        (np.int64, "float64"),
+        (">i2", "int16"),
+        (np.uint16, "uint16"),
+        (np.float64, "float64"),
+    ],
+)
 def test_client_sends_every_volume_dtype_without_changing_values(dtype, wire):
     volume = (np.arange(24).reshape(2, 3, 4) % 7).astype(dtype)
     encoded = medsam_client.encode_volume(volume)
@@ -129,9 +140,12 @@ class ServeProcess:
             env["MEDSAM_SERVER_TOKEN"] = token
         self.log_path = log_path
         with open(log_path, "wb") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "medsam_monai.cli", "serve", "--port", "0",
-                                             "--log-level", "warning", *args], stdout=log, stderr=subprocess.STDOUT,
-                                            env=env)
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "medsam_monai.cli", "serve", "--port", "0", "--log-level", "warning", *args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
 
     def url(self, timeout: float = 180.0) -> str:
         """The URL it announces once listening (waits for it)."""
@@ -165,11 +179,27 @@ def test_round_trip_through_medsam_serve_equals_medsam_segment(tmp_path, tiny_ch
 
     volume = read_volume(image)  # the voxels and geometry that `medsam segment` reads
     out = tmp_path / "mask.nii.gz"
-    with medsam_serve(tmp_path / "server.log", "--variant", "tiny", "--checkpoint", str(tiny_checkpoint),
-                      "--prefetch-slices", "0", token=TOKEN) as server:
+    with medsam_serve(
+        tmp_path / "server.log", "--variant", "tiny", "--checkpoint", str(tiny_checkpoint), "--prefetch-slices", "0", token=TOKEN
+    ) as server:
         # `medsam segment` runs while the server starts (both take seconds on a small CPU).
-        assert main(["segment", str(image), "--box", ",".join(map(str, box)), "--out", str(out), "--variant", "tiny",
-                     "--checkpoint", str(tiny_checkpoint)]) == 0
+        assert (
+            main(
+                [
+                    "segment",
+                    str(image),
+                    "--box",
+                    ",".join(map(str, box)),
+                    "--out",
+                    str(out),
+                    "--variant",
+                    "tiny",
+                    "--checkpoint",
+                    str(tiny_checkpoint),
+                ]
+            )
+            == 0
+        )
         url = server.url()
         anonymous = MedSAMClient(url, timeout=120)
         health = anonymous.health()  # no token needed
@@ -348,8 +378,9 @@ def test_errors_name_what_went_wrong(model):
         while (status := client.job_status(session, job_id))["state"] not in ("done", "failed") and time.monotonic() < deadline:
             time.sleep(0.02)
         assert status["state"] == "done"
-        np.testing.assert_array_equal(medsam_client.decode_labels(status["result"]),
-                                      expected_kji(model, volume, (8, 9, 1, 20, 20, 2)))
+        np.testing.assert_array_equal(
+            medsam_client.decode_labels(status["result"]), expected_kji(model, volume, (8, 9, 1, 20, 20, 2))
+        )
         port = server.port
     with pytest.raises(ConnectionFailed):  # nothing listens there any more
         MedSAMClient(f"http://127.0.0.1:{port}", timeout=5).health()

@@ -33,8 +33,10 @@ def test_demo_model_segments_held_out_phantoms_in_3d(seed, tmp_path):
     organs = sorted(phantom.organ_names)
     boxes = [arg for value in organs for arg in ("--box", ",".join(map(str, label_box(phantom.labels, value))))]
     out = tmp_path / "organs.nii.gz"
-    assert main(["segment", str(image), *boxes, "--variant", "tiny", "--checkpoint", str(TINY_DEMO_CHECKPOINT),
-                 "--out", str(out)]) == 0
+    assert (
+        main(["segment", str(image), *boxes, "--variant", "tiny", "--checkpoint", str(TINY_DEMO_CHECKPOINT), "--out", str(out)])
+        == 0
+    )
     found = np.asarray(nib.load(out).dataobj)
     scores = []
     for n, value in enumerate(organs, start=1):  # box n gets label n

@@ -5,18 +5,24 @@ from __future__ import annotations
 import hashlib
 import http.server
 import io
+import itertools
 import random
 import re
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 
 import pytest
 
+from medsam_monai import download
+from medsam_monai.cli import main
 from medsam_monai.download import (
+    DEFAULT_MAX_MB,
     KNOWN_WEIGHTS,
     ChecksumError,
     DownloadError,
+    WeightsSource,
     default_cache_dir,
     download_file,
     fetch_weights,
@@ -38,6 +44,8 @@ class ServerState:
     ignore_range: bool = False
     fail_status: int | None = None
     cut_first_after: int | None = None
+    omit_length: bool = False  # no Content-Length: the body ends when the connection closes
+    trickle_interval: float | None = None  # send the body one byte per interval
     range_headers: list = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -47,10 +55,10 @@ class ServerState:
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-    def log_message(self, format, *args):  # noqa: A002 - keep test output quiet
+    def log_message(self, format, *args):
         pass
 
-    def do_GET(self):  # noqa: N802 - http.server naming
+    def do_GET(self):
         state: ServerState = self.server.state
         range_header = self.headers.get("Range")
         with state.lock:
@@ -75,7 +83,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         body = payload[start:]
         self.send_response(status)
         self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(len(body)))
+        if not state.omit_length:
+            self.send_header("Content-Length", str(len(body)))
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{len(payload) - 1}/{len(payload)}")
         self.end_headers()
@@ -85,7 +94,19 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.flush()
             self.close_connection = True
             return
+        if state.trickle_interval is not None:
+            self._trickle(body, state.trickle_interval)
+            return
         self.wfile.write(body)
+
+    def _trickle(self, body: bytes, interval: float) -> None:
+        try:
+            for i in range(len(body)):
+                self.wfile.write(body[i : i + 1])
+                self.wfile.flush()
+                time.sleep(interval)
+        except OSError:
+            pass  # the client gave up, as it should
 
 
 class _QuietServer(http.server.ThreadingHTTPServer):
@@ -144,7 +165,7 @@ def test_fresh_download_verifies_and_reports_progress(server, tmp_path):
     assert not _part(dest).exists()
     counts = [d for d, _ in calls]
     assert len(counts) > 1
-    assert all(a < b for a, b in zip(counts, counts[1:]))
+    assert all(a < b for a, b in itertools.pairwise(counts))
     assert counts[-1] == len(PAYLOAD)
     assert all(t == len(PAYLOAD) for _, t in calls)
     assert server.state.range_headers == [None]
@@ -341,3 +362,128 @@ def test_terminal_progress_only_draws_on_tty():
     text = tty.getvalue()
     assert text.count("\r") == 3
     assert "100.0%" in text
+
+
+# --------------------------------------------------------------------------- #
+# File names from URLs, size caps, deadlines
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        "%2e%2e",
+        "%2E%2E",
+        "sub/%2e%2e",
+        "..",
+        ".",
+        "%2e",
+        "..%2f..%2fetc%2fpasswd",
+        "a%5cb.pth",
+        "a%00b.pth",
+        ".hidden",
+        "w.pth%20",
+        "",
+    ],
+)
+def test_url_file_names_must_be_plain(server, tmp_path, tail):
+    cache = tmp_path / "cache"
+    cache.mkdir()  # an existing cache is what made "cache/.." an "already downloaded" file
+    url = f"{server.base}/models/{tail}"
+    with pytest.raises(ValueError, match="safe file name") as info:
+        fetch_weights(url, cache_dir=cache)
+    assert "\n" not in str(info.value)
+    assert server.state.request_count == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["cache"] and list(cache.iterdir()) == []
+
+
+def test_cli_download_of_a_dot_dot_url_prints_no_path(server, tmp_path, capsys):
+    """It used to exit 0 printing the cache's parent folder."""
+    (tmp_path / "cache").mkdir()
+    assert main(["download", f"{server.base}/x/%2e%2e", "--cache-dir", str(tmp_path / "cache")]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith("medsam: error: ") and err.count("\n") == 1 and "safe file name" in err
+
+
+def test_percent_encoded_plain_name_is_kept(tmp_path):
+    source = tmp_path / "mirror" / "my model.pth"
+    source.parent.mkdir()
+    source.write_bytes(PAYLOAD)
+    path = fetch_weights(source.as_uri(), cache_dir=tmp_path / "cache", sha256=PAYLOAD_SHA)
+    assert path == tmp_path / "cache" / "my model.pth"
+
+
+def test_body_without_content_length_is_capped(server, tmp_path):
+    server.state.omit_length = True
+    dest = tmp_path / "w.bin"
+    with pytest.raises(DownloadError, match=r"the server sent more than the cap of 100000 bytes \(--max-mb") as info:
+        download_file(server.url, dest, max_bytes=100_000, chunk_size=CHUNK)
+    assert "\n" not in str(info.value)
+    assert not dest.exists() and not _part(dest).exists()
+    # The same body within the cap downloads fine: the cap is not a refusal of length-less responses.
+    download_file(server.url, dest, sha256=PAYLOAD_SHA, max_bytes=len(PAYLOAD), chunk_size=CHUNK)
+    assert dest.read_bytes() == PAYLOAD
+
+
+def test_announced_length_over_the_cap_is_refused_before_writing(server, tmp_path):
+    dest = tmp_path / "w.bin"
+    with pytest.raises(DownloadError, match=f"announced {len(PAYLOAD)} bytes, more than the cap of 1000 bytes"):
+        download_file(server.url, dest, max_bytes=1000)
+    assert not dest.exists() and not _part(dest).exists()
+
+
+def test_registered_size_caps_known_weights(server, tmp_path, monkeypatch):
+    # A registry entry pointing at the local server (the registry is data; the network path is real).
+    source = WeightsSource("local", server.url, "local.bin", None, 50_000, "test weights")
+    monkeypatch.setitem(KNOWN_WEIGHTS, "local", source)
+    server.state.omit_length = True
+    with pytest.raises(DownloadError, match=r"cap of 50000 bytes \(the registered size.*not sending the registered file"):
+        fetch_weights("local", cache_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_default_cap_applies_without_size_or_max(monkeypatch):
+    assert download._size_cap(None, None).limit == DEFAULT_MAX_MB << 20
+    assert download._size_cap(10, 5).limit == 5 and download._size_cap(10, None).limit == 10
+
+
+def test_cli_max_mb(server, tmp_path, capsys):
+    server.state.omit_length = True
+    cache = tmp_path / "cache"
+    assert main(["download", server.url, "--cache-dir", str(cache), "--max-mb", "0.05"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("medsam: error: ") and err.count("\n") == 1 and "--max-mb 0.05" in err
+    assert list(cache.iterdir()) == []
+    assert main(["download", server.url, "--cache-dir", str(cache), "--max-mb", "0"]) == 2
+    assert "must be positive" in capsys.readouterr().err
+    assert main(["download", server.url, "--cache-dir", str(cache), "--max-mb", "1"]) == 0
+    assert (cache / "weights.bin").read_bytes() == PAYLOAD
+
+
+def test_trickling_server_is_dropped_as_stalled(server, tmp_path):
+    """50 bytes/s never trips a per-read timeout; the rate over each window does."""
+    server.state.trickle_interval = 0.02
+    dest = tmp_path / "w.bin"
+    start = time.monotonic()
+    with pytest.raises(DownloadError, match=r"stalled: \d+ bytes in [\d.]+ s, under the minimum of 1000 bytes/s") as info:
+        download_file(server.url, dest, timeout=0.5, min_rate=1000, deadline=None)
+    assert time.monotonic() - start < 5
+    _assert_actionable(info.value, server.url)
+    assert "run again to resume" in str(info.value) and 0 < _part(dest).stat().st_size < len(PAYLOAD)
+
+
+def test_overall_deadline_ends_a_slow_download(server, tmp_path):
+    server.state.trickle_interval = 0.02
+    dest = tmp_path / "w.bin"
+    start = time.monotonic()
+    with pytest.raises(DownloadError, match=r"not finished after 0.6 s, the download deadline") as info:
+        download_file(server.url, dest, timeout=5.0, min_rate=0, deadline=0.6)
+    assert 0.6 <= time.monotonic() - start < 5
+    _assert_actionable(info.value, server.url)
+
+
+def test_existing_folder_as_destination_is_refused(tmp_path):
+    (tmp_path / "w.bin").mkdir()
+    with pytest.raises(DownloadError, match="is not a file"):
+        download_file((tmp_path / "absent").as_uri(), tmp_path / "w.bin")

@@ -75,8 +75,7 @@ def test_points_one_image_many_prompts(pair, multimask):
     coords = torch.rand(3, 4, 2, generator=gen) * 1024
     labels = torch.tensor([[1, 0, 1, 1], [1, 1, 0, 0], [1, 1, 1, -1]])
     with torch.inference_mode():
-        ref = hf(image_embeddings=ref_emb[:1], input_points=coords[None], input_labels=labels[None],
-                 multimask_output=multimask)
+        ref = hf(image_embeddings=ref_emb[:1], input_points=coords[None], input_labels=labels[None], multimask_output=multimask)
         logits, iou = ours.decode(our_emb[:1], points=(coords, labels), multimask_output=multimask)
     assert logits.shape[0] == 3
     assert rel_err(logits, ref.pred_masks[0]) <= TOL
@@ -91,8 +90,14 @@ def test_points_with_box_and_mask_prompt(pair):
     labels = torch.tensor([[1, 0]])
     with torch.inference_mode():
         previous, _ = ours.decode(our_emb[:1], boxes=box)
-        ref = hf(image_embeddings=ref_emb[:1], input_points=coords[None], input_labels=labels[None],
-                 input_boxes=box[None], input_masks=previous, multimask_output=False)
+        ref = hf(
+            image_embeddings=ref_emb[:1],
+            input_points=coords[None],
+            input_labels=labels[None],
+            input_boxes=box[None],
+            input_masks=previous,
+            multimask_output=False,
+        )
         logits, iou = ours.decode(our_emb[:1], boxes=box, points=(coords, labels), mask_inputs=previous)
     assert rel_err(logits, ref.pred_masks[0]) <= TOL
     assert rel_err(iou, ref.iou_scores[0]) <= TOL
@@ -114,8 +119,8 @@ def test_full_vit_b_at_1024_matches_reference():
     """The real MedSAM architecture once, at full size (random weights: real ones are not available here)."""
     from transformers import SamModel
 
-    from medsam_monai.testing import hf_config_for, randomize_
     from medsam_monai.checkpoints import to_original_keys
+    from medsam_monai.testing import hf_config_for, randomize_
 
     ref = randomize_(SamModel(hf_config_for("vit_b")), seed=7).eval()
     ours = build_sam("vit_b")

@@ -179,9 +179,11 @@ def test_folder_with_two_series(tmp_path):
     big, small = generate_uid(), generate_uid()
     _write_series(tmp_path, 4, 3.0, [1, 0, 0, 0, 1, 0], big, mark=1000)
     _write_series(tmp_path, 2, 3.0, [1, 0, 0, 0, 1, 0], small, mark=2000)
-    with pytest.warns(UserWarning, match="holds 2 DICOM series"):
-        volume = read_volume(tmp_path)
-    assert volume.shape[2] == 4
+    # Several series and no choice: refused, with every series listed (no silent pick of the largest).
+    message = _one_line_error(tmp_path, "holds 2 DICOM series; choose one with --series-uid")
+    assert f"{big} (CT" in message and "4 files of 128x128" in message
+    assert f"{small} (CT" in message and "2 files of 128x128" in message
+    assert read_volume(tmp_path, series_uid=big).shape[2] == 4
     chosen = read_volume(tmp_path, series_uid=small)
     assert chosen.shape[2] == 2 and int(chosen.array[7, 5, 1]) == 2000 + 100 - 1024
     _one_line_error(tmp_path, "no DICOM series", series_uid="1.2.3")
@@ -361,8 +363,9 @@ def test_failed_simpleitk_write_leaves_nothing_behind(tmp_path, monkeypatch, nam
         raise RuntimeError("ITK ERROR: NrrdImageIO(0x1): write failed")
 
     monkeypatch.setattr(sitk.ImageFileWriter, "Execute", execute)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(mio.ImageWriteError, match=f"cannot write {tmp_path / name}: write failed") as error:
         write_label_volume(tmp_path / name, _labels(), np.eye(4))
+    assert ".tmp" not in str(error.value)  # the user's path, never the temporary one
     assert os.listdir(tmp_path) == []
 
 

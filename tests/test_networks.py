@@ -70,8 +70,16 @@ def reference_attention(q, k, v, rel_h, rel_w):
 # A small spec with a global-attention block beside windowed ones, and 6x6 windows that do not tile
 # its 16x16 token grid (padded windows); 256x256 input keeps it fast.
 SMALL_WITH_GLOBAL_BLOCK = SamVariant(
-    32, 3, 2, (1,), prompt_embed_dim=32, decoder_mlp_dim=64, decoder_num_heads=2, iou_head_hidden_dim=32,
-    image_size=256, window_size=6,
+    32,
+    3,
+    2,
+    (1,),
+    prompt_embed_dim=32,
+    decoder_mlp_dim=64,
+    decoder_num_heads=2,
+    iou_head_hidden_dim=32,
+    image_size=256,
+    window_size=6,
 )
 
 

@@ -137,8 +137,9 @@ class CentreConfidentSam(BoxEchoSam):
 def test_overlapping_objects_go_to_the_more_probable_mask_in_any_order():
     left = ObjectPrompt((10, 40, 2, 120, 150, 4), label=1)
     right = ObjectPrompt((80, 42, 2, 191, 149, 4), label=2)  # overlaps left on columns 80..120; no exact tie
-    results = [SliceIdPredictor(CentreConfidentSam()).segment_3d(indexed_volume(), objects)
-               for objects in ([left, right], [right, left])]
+    results = [
+        SliceIdPredictor(CentreConfidentSam()).segment_3d(indexed_volume(), objects) for objects in ([left, right], [right, left])
+    ]
     # equal in either order, away from the boxes' corners (where both masks sit at probability sigmoid(1): a tie)
     assert np.array_equal(results[0][:, 50:140], results[1][:, 50:140])
     row = results[0][3, 95]
@@ -215,7 +216,11 @@ def test_real_network_prompts_and_multimask(tiny_predictor):
     multi = tiny_predictor.predict_slice(volume, 1, box=(10, 20, 50, 70), multimask_output=True)
     assert multi.masks.shape == (3, 96, 80) and multi.iou.shape == (3,)
     refined = tiny_predictor.predict_slice(
-        volume, 1, box=(10, 20, 50, 70), points=[(30, 40), (12, 22)], point_labels=[1, 0],
+        volume,
+        1,
+        box=(10, 20, 50, 70),
+        points=[(30, 40), (12, 22)],
+        point_labels=[1, 0],
         mask_input=single.low_res_logits,
     )
     assert refined.masks.shape == (1, 96, 80)

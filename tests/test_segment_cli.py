@@ -21,7 +21,7 @@ from pydicom.uid import generate_uid
 from medsam_monai.cli import build_parser, main
 from medsam_monai.io import Volume, read_volume, write_volume
 from medsam_monai.networks import build_sam_variant
-from medsam_monai.phantom import ct_phantom, demo_phantom
+from medsam_monai.phantom import ct_phantom, demo_phantom, label_box
 from medsam_monai.predictor import MedSAMPredictor
 from medsam_monai.segment import VoxelBox, ras_box_to_voxel_box, segment_volume
 
@@ -83,8 +83,11 @@ def test_same_physical_volume_in_three_layouts_gives_the_same_physical_mask(axis
     ras_box2 = phantom.volume.affine[:3, :3] @ np.array(phantom.organ_box[3:]) + phantom.volume.affine[:3, 3]
     ras = (*ras_box, *ras_box2)
     results = []
-    for permutation, flips in [((0, 1, 2), (False, False, False)), ((0, 1, 2), (True, True, False)),
-                               ((2, 0, 1), (False, True, True))]:
+    for permutation, flips in [
+        ((0, 1, 2), (False, False, False)),
+        ((0, 1, 2), (True, True, False)),
+        ((2, 0, 1), (False, True, True)),
+    ]:
         volume = relayout(phantom.volume, permutation, flips)
         box = ras_box_to_voxel_box(ras, volume)
         labels = segment_volume(predictor, volume, [VoxelBox(box)], axis=axis)
@@ -101,9 +104,26 @@ def test_segment_real_nifti_end_to_end(tmp_path, tiny_checkpoint):
     image = NIBABEL_DATA / "anatomical.nii"
     out = tmp_path / "mask.nii.gz"
     preview = tmp_path / "preview.png"
-    code = main(["segment", str(image), "--box", "5,10,5,30,38,8", "--out", str(out), "--variant", "tiny",
-                 "--checkpoint", str(tiny_checkpoint), "--modality", "mr", "--label", "structure",
-                 "--preview", str(preview)])
+    code = main(
+        [
+            "segment",
+            str(image),
+            "--box",
+            "5,10,5,30,38,8",
+            "--out",
+            str(out),
+            "--variant",
+            "tiny",
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--modality",
+            "mr",
+            "--label",
+            "structure",
+            "--preview",
+            str(preview),
+        ]
+    )
     assert code == 0
     written = nib.load(out)
     source = nib.load(image)
@@ -130,27 +150,118 @@ def test_box_ras_gives_the_same_result_as_the_voxel_box(tmp_path, tiny_checkpoin
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "medsam_monai.cli", *args], capture_output=True, text=True,
-                          env={**os.environ, "MEDSAM_CACHE_DIR": "/nonexistent-cache"})
+    return subprocess.run(
+        [sys.executable, "-m", "medsam_monai.cli", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "MEDSAM_CACHE_DIR": "/nonexistent-cache"},
+    )
 
 
 @pytest.mark.parametrize(
     "make_args, message",
     [
-        (lambda d, ck: ["segment", str(d / "missing.nii.gz"), "--box", "0,0,0,1,1,1", "--out", str(d / "o.nii.gz")], "no such file"),
-        (lambda d, ck: ["segment", str(NIBABEL_DATA / "anatomical.nii"), "--box", "0,0,0,999,1,1", "--out", str(d / "o.nii.gz")], "outside the image"),
-        (lambda d, ck: ["segment", str(NIBABEL_DATA / "anatomical.nii"), "--box", "5,5,5,1,1,1", "--out", str(d / "o.nii.gz")], "reversed"),
-        (lambda d, ck: ["segment", str(NIBABEL_DATA / "anatomical.nii"), "--box", "1,2,3", "--out", str(d / "o.nii.gz")], "6 comma-separated"),
-        (lambda d, ck: ["segment", str(NIBABEL_DATA / "anatomical.nii"), "--box", "a,b,c,d,e,f", "--out", str(d / "o.nii.gz")], "6 comma-separated"),
-        (lambda d, ck: ["segment", str(NIBABEL_DATA / "example4d.nii.gz"), "--box", "0,0,0,1,1,1", "--out", str(d / "o.nii.gz")], "3D"),
-        (lambda d, ck: ["segment", str(NIBABEL_DATA / "anatomical.nii"), "--box", "0,0,0,1,1,1", "--window", "nope", "--out", str(d / "o.nii.gz")], "unknown window preset"),
-        (lambda d, ck: ["segment", str(NIBABEL_DATA / "anatomical.nii"), "--box", "0,0,0,1,1,1", "--out", str(d / "o.nii.gz"), "--variant", "vit_b", "--checkpoint", str(ck)], "--variant tiny"),
-        (lambda d, ck: ["segment", str(NIBABEL_DATA / "anatomical.nii"), "--box", "0,0,0,1,1,1", "--out", str(d / "o.xyz")], "unsupported output"),
+        (
+            lambda d, ck: ["segment", str(d / "missing.nii.gz"), "--box", "0,0,0,1,1,1", "--out", str(d / "o.nii.gz")],
+            "no such file",
+        ),
+        (
+            lambda d, ck: [
+                "segment",
+                str(NIBABEL_DATA / "anatomical.nii"),
+                "--box",
+                "0,0,0,999,1,1",
+                "--out",
+                str(d / "o.nii.gz"),
+            ],
+            "outside the image",
+        ),
+        (
+            lambda d, ck: ["segment", str(NIBABEL_DATA / "anatomical.nii"), "--box", "5,5,5,1,1,1", "--out", str(d / "o.nii.gz")],
+            "reversed",
+        ),
+        (
+            lambda d, ck: ["segment", str(NIBABEL_DATA / "anatomical.nii"), "--box", "1,2,3", "--out", str(d / "o.nii.gz")],
+            "6 comma-separated",
+        ),
+        (
+            lambda d, ck: ["segment", str(NIBABEL_DATA / "anatomical.nii"), "--box", "a,b,c,d,e,f", "--out", str(d / "o.nii.gz")],
+            "6 comma-separated",
+        ),
+        (
+            lambda d, ck: [
+                "segment",
+                str(NIBABEL_DATA / "example4d.nii.gz"),
+                "--box",
+                "0,0,0,1,1,1",
+                "--out",
+                str(d / "o.nii.gz"),
+            ],
+            "3D",
+        ),
+        (
+            lambda d, ck: [
+                "segment",
+                str(NIBABEL_DATA / "anatomical.nii"),
+                "--box",
+                "0,0,0,1,1,1",
+                "--window",
+                "nope",
+                "--out",
+                str(d / "o.nii.gz"),
+            ],
+            "unknown window preset",
+        ),
+        (
+            lambda d, ck: [
+                "segment",
+                str(NIBABEL_DATA / "anatomical.nii"),
+                "--box",
+                "0,0,0,1,1,1",
+                "--out",
+                str(d / "o.nii.gz"),
+                "--variant",
+                "vit_b",
+                "--checkpoint",
+                str(ck),
+            ],
+            "--variant tiny",
+        ),
+        (
+            lambda d, ck: ["segment", str(NIBABEL_DATA / "anatomical.nii"), "--box", "0,0,0,1,1,1", "--out", str(d / "o.xyz")],
+            "unsupported output",
+        ),
         (lambda d, ck: ["segment", str(NIBABEL_DATA / "anatomical.nii"), "--out", str(d / "o.nii.gz")], "at least one --box"),
         (lambda d, ck: ["segment", str(_garbage(d)), "--box", "0,0,0,1,1,1", "--out", str(d / "o.nii.gz")], "cannot read"),
-        (lambda d, ck: ["segment", str(_image_2d(d)), "--box", "0,0,0,1,1,0", "--out", str(d / "o.nii.gz")], "expected a 3D image"),
-        (lambda d, ck: ["segment", str(NIBABEL_DATA / "anatomical.nii"), "--box", "0,0,0,1,1,1", "--window", "40,-5", "--out", str(d / "o.nii.gz")], "width"),
-        (lambda d, ck: ["segment", str(NIBABEL_DATA / "anatomical.nii"), "--box-ras", "1e6,1e6,1e6,2e6,2e6,2e6", "--out", str(d / "o.nii.gz")], "no voxel centre"),
+        (
+            lambda d, ck: ["segment", str(_image_2d(d)), "--box", "0,0,0,1,1,0", "--out", str(d / "o.nii.gz")],
+            "expected a 3D image",
+        ),
+        (
+            lambda d, ck: [
+                "segment",
+                str(NIBABEL_DATA / "anatomical.nii"),
+                "--box",
+                "0,0,0,1,1,1",
+                "--window",
+                "40,-5",
+                "--out",
+                str(d / "o.nii.gz"),
+            ],
+            "width",
+        ),
+        (
+            lambda d, ck: [
+                "segment",
+                str(NIBABEL_DATA / "anatomical.nii"),
+                "--box-ras",
+                "1e6,1e6,1e6,2e6,2e6,2e6",
+                "--out",
+                str(d / "o.nii.gz"),
+            ],
+            "no voxel centre",
+        ),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, tiny_checkpoint, make_args, message):
@@ -177,8 +288,18 @@ def test_nan_voxels_are_refused(tmp_path, tiny_checkpoint):
     data = np.zeros((8, 8, 4), dtype=np.float32)
     data[2, 2, 2] = np.nan
     nib.save(nib.Nifti1Image(data, np.eye(4)), tmp_path / "nan.nii.gz")
-    result = run_cli("segment", str(tmp_path / "nan.nii.gz"), "--box", "0,0,0,3,3,3", "--out", str(tmp_path / "o.nii.gz"),
-                     "--variant", "tiny", "--checkpoint", str(tiny_checkpoint))
+    result = run_cli(
+        "segment",
+        str(tmp_path / "nan.nii.gz"),
+        "--box",
+        "0,0,0,3,3,3",
+        "--out",
+        str(tmp_path / "o.nii.gz"),
+        "--variant",
+        "tiny",
+        "--checkpoint",
+        str(tiny_checkpoint),
+    )
     assert result.returncode == 2 and "NaN" in result.stderr
     assert not (tmp_path / "o.nii.gz").exists()
 
@@ -189,7 +310,9 @@ def test_demo_runs_offline_and_the_packaged_model_finds_the_organs(tmp_path, cap
     image = nib.load(tmp_path / "demo_image.nii.gz")
     assert mask.shape == image.shape
     assert np.allclose(mask.affine, image.affine)
-    assert (tmp_path / "demo_preview.png").stat().st_size > 0
+    from PIL import Image  # the readable preview: one key slice per organ, each >= 512 px on its long side
+
+    assert Image.open(tmp_path / "demo_preview.png").size[0] >= 4 * 512
     phantom, found = demo_phantom(), np.asarray(mask.dataobj)
     assert np.array_equal(np.asarray(image.dataobj), phantom.volume.array)
     out = capsys.readouterr().out
@@ -244,18 +367,162 @@ class _Terminal(io.StringIO):
         return True
 
 
-def test_progress_bar_on_a_terminal_only(tmp_path, tiny_checkpoint, monkeypatch):
-    args = ["segment", str(NIBABEL_DATA / "anatomical.nii"), "--box", "5,10,5,30,38,8", "--modality", "mr",
-            "--variant", "tiny", "--checkpoint", str(tiny_checkpoint)]
+def test_progress_is_a_bar_on_a_terminal_and_lines_elsewhere(tmp_path, tiny_checkpoint, monkeypatch):
+    args = [
+        "segment",
+        str(NIBABEL_DATA / "anatomical.nii"),
+        "--box",
+        "5,10,5,30,38,8",
+        "--modality",
+        "mr",
+        "--variant",
+        "tiny",
+        "--checkpoint",
+        str(tiny_checkpoint),
+    ]
     terminal = _Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
     assert main([*args, "--out", str(tmp_path / "a.nii.gz")]) == 0
     bar = terminal.getvalue()
-    assert "4/4 slices" in bar and "1/4 slices" in bar and bar.endswith("\n")
+    assert "\rsegmenting [" in bar and "4/4 slices" in bar and "1/4 slices" in bar and bar.endswith("\n")
     piped = io.StringIO()
     monkeypatch.setattr(sys, "stderr", piped)
     assert main([*args, "--out", str(tmp_path / "b.nii.gz")]) == 0
-    assert "slices" not in piped.getvalue()  # no carriage-return noise in logs
+    log = piped.getvalue()
+    assert "\r" not in log  # no carriage-return noise in logs
+    lines = [line for line in log.splitlines() if line.startswith("segmenting: ")]
+    assert [line.split(" slices")[0] for line in lines] == [f"segmenting: {n}/4" for n in (1, 2, 3, 4)]
+    assert lines[-1].startswith("segmenting: 4/4 slices (100%), ") and lines[-1].endswith(" s elapsed, ~0 s left")
+
+
+def test_the_chosen_device_is_said_once(tmp_path, tiny_checkpoint, capsys):
+    from medsam_monai.devices import auto_device
+
+    assert (
+        main(
+            [
+                "segment",
+                str(NIBABEL_DATA / "anatomical.nii"),
+                "--box",
+                "5,10,5,30,38,8",
+                "--modality",
+                "mr",
+                "--variant",
+                "tiny",
+                "--checkpoint",
+                str(tiny_checkpoint),
+                "--out",
+                str(tmp_path / "a.nii.gz"),
+            ]
+        )
+        == 0
+    )
+    said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("medsam: using device ")]
+    assert len(said) == 1 and said[0].split()[3] == auto_device()  # --device auto is the default
+
+
+def test_an_empty_segment_is_named_in_a_warning_and_the_run_succeeds(tmp_path, tiny_checkpoint, capsys):
+    """Two identical boxes: on a tie the first segment keeps the voxels, so the second comes out empty
+    whatever the model finds (a real run, no stub). Each empty segment, and only those, gets a warning."""
+    out = tmp_path / "mask.nii.gz"
+    box = "5,10,5,30,38,8"
+    assert (
+        main(
+            [
+                "segment",
+                str(NIBABEL_DATA / "anatomical.nii"),
+                "--box",
+                box,
+                "--box",
+                box,
+                "--label",
+                "first",
+                "--label",
+                "second",
+                "--modality",
+                "mr",
+                "--variant",
+                "tiny",
+                "--checkpoint",
+                str(tiny_checkpoint),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    labels = np.asarray(nib.load(out).dataobj)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("medsam: warning: ")]
+    empty = [name for value, name in [(1, "first"), (2, "second")] if not (labels == value).any()]
+    assert "second" in empty
+    assert [w.split("'")[1] for w in warnings] == empty
+    assert all(w.startswith(f"medsam: warning: segment '{w.split(chr(39))[1]}' is empty") for w in warnings)
+
+
+@pytest.mark.parametrize("device", ["mps", "cuda"])
+def test_a_device_this_machine_lacks_is_one_line_exit_2(tmp_path, device):
+    from medsam_monai.devices import resolve_device
+
+    try:
+        resolve_device(device)
+        pytest.skip(f"this machine has {device}")
+    except ValueError:
+        pass
+    result = run_cli(
+        "segment",
+        str(NIBABEL_DATA / "anatomical.nii"),
+        "--box",
+        "5,10,5,30,38,8",
+        "--variant",
+        "tiny",
+        "--device",
+        device,
+        "--out",
+        str(tmp_path / "o.nii.gz"),
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"medsam: error: device '{device}' asked for") and result.stderr.count("\n") == 1
+    assert not list(tmp_path.iterdir())
+
+
+def test_serve_refuses_a_missing_device_before_taking_the_port(tmp_path):
+    result = run_cli("serve", "--variant", "tiny", "--device", "mps", "--port", "0")
+    if result.returncode == 0:
+        pytest.skip("this machine has mps")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("medsam: error: device 'mps' asked for") and result.stderr.count("\n") == 1
+
+
+def test_segment_volume_takes_plain_tuples_lists_and_arrays_as_boxes():
+    """The README's Python call: plain boxes get labels 1, 2, ... in order, as VoxelBox(label=n) would."""
+    from medsam_monai.checkpoints import TINY_DEMO_CHECKPOINT, build_sam
+
+    phantom = ct_phantom(shape=(48, 40, 6), spacing=(3.0, 3.0, 5.0))
+    predictor = MedSAMPredictor(build_sam("tiny", TINY_DEMO_CHECKPOINT))
+    boxes = [label_box(phantom.labels, 1), (26, 8, 3, 40, 30, 3)]  # the liver-like organ, and a box beside it
+    expected = segment_volume(predictor, phantom.volume, [VoxelBox(b, label=n) for n, b in enumerate(boxes, start=1)])
+    assert set(np.unique(expected)) == {0, 1, 2}
+    np.testing.assert_array_equal(segment_volume(predictor, phantom.volume, [tuple(b) for b in boxes]), expected)
+    mixed = [list(boxes[0]), VoxelBox(boxes[1], label=2)]
+    np.testing.assert_array_equal(segment_volume(predictor, phantom.volume, mixed), expected)
+    np.testing.assert_array_equal(segment_volume(predictor, phantom.volume, np.array(boxes)), expected)
+    one = segment_volume(predictor, phantom.volume, tuple(boxes[0]))  # one box, not in a list
+    np.testing.assert_array_equal(one, segment_volume(predictor, phantom.volume, [VoxelBox(boxes[0])]))
+
+
+@pytest.mark.parametrize(
+    "boxes, message",
+    [
+        ([(1, 2, 3)], "box 1 must be"),
+        ([None], "box 1 must be"),
+        ([(0, 0, 0, 1, 1, 1), "0,0,0,1,1,1"], "box 2 must be"),
+        ([], "at least one box"),
+    ],
+)
+def test_segment_volume_refuses_what_is_not_a_box(boxes, message):
+    phantom = ct_phantom(shape=(16, 16, 4))
+    with pytest.raises(ValueError, match=message):
+        segment_volume(ThresholdInBoxPredictor(build_sam_variant("tiny")), phantom.volume, boxes)
 
 
 def _subcommands() -> dict:
@@ -279,8 +546,20 @@ def test_help_documents_every_option(command):
 
 def test_segment_help_names_every_promised_option():
     text = _subcommand("segment").format_help()
-    for promised in ["--box", "--box-ras", "--axis", "--modality", "--window", "--checkpoint", "--variant",
-                     "--device", "--precision", "--label", "--preview", "--out"]:
+    for promised in [
+        "--box",
+        "--box-ras",
+        "--axis",
+        "--modality",
+        "--window",
+        "--checkpoint",
+        "--variant",
+        "--device",
+        "--precision",
+        "--label",
+        "--preview",
+        "--out",
+    ]:
         assert promised in text
 
 
@@ -291,8 +570,25 @@ def test_segment_with_the_full_vit_b(tmp_path):
     checkpoint = tmp_path / "vit_b.pth"
     torch.save(build_sam_variant("vit_b").state_dict(), checkpoint)
     out = tmp_path / "mask.seg.nrrd"
-    assert main(["segment", str(NIBABEL_DATA / "anatomical.nii"), "--box", "5,10,6,30,38,6", "--modality", "mr",
-                 "--checkpoint", str(checkpoint), "--out", str(out), "--label", "probe"]) == 0
+    assert (
+        main(
+            [
+                "segment",
+                str(NIBABEL_DATA / "anatomical.nii"),
+                "--box",
+                "5,10,6,30,38,6",
+                "--modality",
+                "mr",
+                "--checkpoint",
+                str(checkpoint),
+                "--out",
+                str(out),
+                "--label",
+                "probe",
+            ]
+        )
+        == 0
+    )
     labels = read_volume(out)
     source = read_volume(NIBABEL_DATA / "anatomical.nii")
     assert labels.shape == source.shape

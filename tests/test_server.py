@@ -19,6 +19,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from medsam_monai.cli import main
+from medsam_monai.cli.serve import is_loopback
 from medsam_monai.io import Volume
 from medsam_monai.orientation import display_layout, ijk_to_display_index, to_display
 from medsam_monai.phantom import ct_phantom
@@ -26,7 +27,6 @@ from medsam_monai.predictor import MedSAMPredictor
 from medsam_monai.segment import VoxelBox, normalized_volume, segment_volume
 from medsam_monai.server import ServerSettings, create_app
 from medsam_monai.server.codec import decode_array, encode_array
-from medsam_monai.server.command import is_loopback
 from medsam_monai.server.runtime import embedding_key, nearest_first
 from medsam_monai.server.testing import fast_tiny_predictor
 
@@ -128,8 +128,13 @@ def test_health_reports_the_model_and_needs_no_token(model):
 def test_every_session_endpoint_needs_the_token(model, phantom, header):
     with TestClient(make_app(model, token=TOKEN)) as c:
         headers = {} if header is None else {"Authorization": header}
-        for method, path in [("post", "/sessions"), ("get", "/sessions/x"), ("delete", "/sessions/x"),
-                             ("post", "/sessions/x/segment"), ("get", "/sessions/x/jobs/y")]:
+        for method, path in [
+            ("post", "/sessions"),
+            ("get", "/sessions/x"),
+            ("delete", "/sessions/x"),
+            ("post", "/sessions/x/segment"),
+            ("get", "/sessions/x/jobs/y"),
+        ]:
             answer = getattr(c, method)(path, headers=headers)
             assert answer.status_code == 401, (method, path, answer.text)
             assert answer.json()["code"] == "unauthorized"
@@ -167,8 +172,12 @@ def test_volume_whose_decoded_size_exceeds_the_cap_is_refused_before_inflating(m
 
 def _encoded(dtype, shape, raw: bytes, compress=True):
     data = zlib.compress(raw) if compress else raw
-    return {"dtype": dtype, "shape": shape, "compression": "zlib" if compress else "none",
-            "data": base64.b64encode(data).decode()}
+    return {
+        "dtype": dtype,
+        "shape": shape,
+        "compression": "zlib" if compress else "none",
+        "data": base64.b64encode(data).decode(),
+    }
 
 
 AFFINE = np.diag([1.0, 1.0, 2.0, 1.0]).tolist()
@@ -181,10 +190,20 @@ AFFINE = np.diag([1.0, 1.0, 2.0, 1.0]).tolist()
         ({"volume": _encoded("int16", [4, 4, 4], bytes(100)), "ijk_to_ras": AFFINE}, "declare 128"),
         ({"volume": _encoded("int16", [4, 4, 4], bytes(128))["data"][:-8], "ijk_to_ras": AFFINE}, "volume"),
         ({"volume": {**_encoded("int16", [4, 4, 4], bytes(128)), "data": "%%%"}, "ijk_to_ras": AFFINE}, "base64"),
-        ({"volume": {**_encoded("int16", [4, 4, 4], bytes(128)), "data": base64.b64encode(b"nope").decode()},
-          "ijk_to_ras": AFFINE}, "zlib"),
-        ({"volume": _encoded("int16", [4, 4, 4], zlib.compress(bytes(128))[:-6], compress=False) | {"compression": "zlib"},
-          "ijk_to_ras": AFFINE}, "truncated"),
+        (
+            {
+                "volume": {**_encoded("int16", [4, 4, 4], bytes(128)), "data": base64.b64encode(b"nope").decode()},
+                "ijk_to_ras": AFFINE,
+            },
+            "zlib",
+        ),
+        (
+            {
+                "volume": _encoded("int16", [4, 4, 4], zlib.compress(bytes(128))[:-6], compress=False) | {"compression": "zlib"},
+                "ijk_to_ras": AFFINE,
+            },
+            "truncated",
+        ),
         ({"volume": _encoded("int16", [4, 4, 4], bytes(100), compress=False), "ijk_to_ras": AFFINE}, "declare 128"),
         ({"volume": _encoded("complex64", [4, 4, 4], bytes(512)), "ijk_to_ras": AFFINE}, "dtype"),
         ({"volume": _encoded("int16", [4, 4], bytes(32)), "ijk_to_ras": AFFINE}, "shape"),
@@ -216,8 +235,12 @@ def test_unparsable_bodies_are_422(client, raw):
 
 
 def test_non_finite_affine_is_refused(client):
-    body = json.dumps({"volume": _encoded("int16", [4, 4, 4], bytes(128)),
-                       "ijk_to_ras": [[float("nan"), 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]})
+    body = json.dumps(
+        {
+            "volume": _encoded("int16", [4, 4, 4], bytes(128)),
+            "ijk_to_ras": [[float("nan"), 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]],
+        }
+    )
     answer = client.post("/sessions", content=body.encode(), headers={"Content-Type": "application/json"})
     assert answer.status_code == 422
 
@@ -298,8 +321,9 @@ def test_points_reach_the_network_on_their_display_pixel(client, session, model,
     key = result["slice_range"][0]
     point_ijk = [(box[0] + box[3]) // 2, (box[1] + box[4]) // 2, (box[2] + box[5]) // 2]
     point_ijk[result["slice_axis"]] = key
-    answer = client.post(f"/sessions/{session}/segment", json={
-        "box": box, "propagate": False, "points": [{"ijk": point_ijk, "positive": False}]})
+    answer = client.post(
+        f"/sessions/{session}/segment", json={"box": box, "propagate": False, "points": [{"ijk": point_ijk, "positive": False}]}
+    )
     assert answer.status_code == 200, answer.text
     # The same prompt given to the predictor directly, in the display frame.
     layout = display_layout(phantom.affine, "axial")
@@ -412,8 +436,7 @@ def test_a_box_does_not_wait_for_another_sessions_3d_job(client, phantom):
     with state.gate.model_call():  # both wait until the test lets the network go
         job_id = client.post(f"/sessions/{busy}/jobs", json={"box": whole, "axis": "sagittal"}).json()["job_id"]
         job = state.store.get(busy).jobs[job_id]
-        box = threading.Thread(target=lambda: client.post(f"/sessions/{other}/segment",
-                                                          json={"box": [0, 0, 0, 3, 3, 0]}))
+        box = threading.Thread(target=lambda: client.post(f"/sessions/{other}/segment", json={"box": [0, 0, 0, 3, 3, 0]}))
         box.start()
         time.sleep(0.3)
     box.join(timeout=60)
@@ -522,8 +545,15 @@ def test_prefetch_encodes_the_slices_nearest_to_the_focus(model, phantom):
 def test_openapi_documents_the_protocol(client):
     schema = client.get("/openapi.json").json()
     paths = schema["paths"]
-    for path in ["/health", "/sessions", "/sessions/{session_id}", "/sessions/{session_id}/segment",
-                 "/sessions/{session_id}/jobs", "/sessions/{session_id}/jobs/{job_id}", "/sessions/{session_id}/prefetch"]:
+    for path in [
+        "/health",
+        "/sessions",
+        "/sessions/{session_id}",
+        "/sessions/{session_id}/segment",
+        "/sessions/{session_id}/jobs",
+        "/sessions/{session_id}/jobs/{job_id}",
+        "/sessions/{session_id}/prefetch",
+    ]:
         assert path in paths, path
     assert "HTTPBearer" in schema["components"]["securitySchemes"]
     assert {"dtype", "shape", "compression", "data"} <= set(schema["components"]["schemas"]["EncodedArray"]["properties"])

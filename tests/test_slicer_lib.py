@@ -21,22 +21,28 @@ from MedSAMLib import consent, options, server_process, tasks, undo  # noqa: E40
 # ----- consent ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("a, b", [
-    ("http://localhost:8123", "HTTP://LOCALHOST:8123/"),
-    ("http://example.org", "http://example.org:80"),
-    ("https://example.org/medsam/", "https://Example.org:443/medsam"),
-    ("http://[::1]:8123", "http://[::1]:8123/"),
-])
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        ("http://localhost:8123", "HTTP://LOCALHOST:8123/"),
+        ("http://example.org", "http://example.org:80"),
+        ("https://example.org/medsam/", "https://Example.org:443/medsam"),
+        ("http://[::1]:8123", "http://[::1]:8123/"),
+    ],
+)
 def test_server_addresses_that_are_the_same_server(a, b):
     assert consent.normalize_server_url(a) == consent.normalize_server_url(b)
 
 
-@pytest.mark.parametrize("a, b", [
-    ("http://localhost:8123", "http://localhost:8124"),
-    ("http://localhost:8123", "https://localhost:8123"),
-    ("http://localhost:8123", "http://127.0.0.1:8123"),
-    ("https://example.org/a", "https://example.org/b"),
-])
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        ("http://localhost:8123", "http://localhost:8124"),
+        ("http://localhost:8123", "https://localhost:8123"),
+        ("http://localhost:8123", "http://127.0.0.1:8123"),
+        ("https://example.org/a", "https://example.org/b"),
+    ],
+)
 def test_server_addresses_that_are_different_servers(a, b):
     assert consent.normalize_server_url(a) != consent.normalize_server_url(b)
 
@@ -67,7 +73,7 @@ def test_consent_is_remembered_per_server_and_can_be_revoked():
     assert not store.is_granted(url) and store.is_granted("https://gpu.example.org")
 
 
-@pytest.mark.parametrize("stored", ["not json", "{\"a\": 1}", "[1, 2]", None, ""])
+@pytest.mark.parametrize("stored", ["not json", '{"a": 1}', "[1, 2]", None, ""])
 def test_unreadable_consent_counts_as_none(stored):
     store = consent.ConsentStore.in_memory(stored)
     assert not store.is_granted("http://127.0.0.1:8123")
@@ -89,14 +95,38 @@ def test_consent_question_says_where_the_image_goes():
 def test_serve_command_line(tmp_path):
     checkpoint = tmp_path / "w.pth"
     checkpoint.write_bytes(b"x")
-    settings = server_process.ServerSettings(python=sys.executable, port=9123, variant="tiny",
-                                             checkpoint=str(checkpoint), device="cuda", precision="bf16",
-                                             token="secret", extra_arguments=("--prefetch-slices", "0"))
+    settings = server_process.ServerSettings(
+        python=sys.executable,
+        port=9123,
+        variant="tiny",
+        checkpoint=str(checkpoint),
+        device="cuda",
+        precision="bf16",
+        token="secret",
+        extra_arguments=("--prefetch-slices", "0"),
+    )
     server_process.check_settings(settings)
     command = server_process.serve_command(settings)
-    assert command == [sys.executable, "-m", "medsam_monai.cli", "serve", "--host", "127.0.0.1", "--port", "9123",
-                       "--variant", "tiny", "--device", "cuda", "--precision", "bf16", "--checkpoint", str(checkpoint),
-                       "--prefetch-slices", "0"]
+    assert command == [
+        sys.executable,
+        "-m",
+        "medsam_monai.cli",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "9123",
+        "--variant",
+        "tiny",
+        "--device",
+        "cuda",
+        "--precision",
+        "bf16",
+        "--checkpoint",
+        str(checkpoint),
+        "--prefetch-slices",
+        "0",
+    ]
     assert "secret" not in " ".join(command)  # the token travels in the environment
     assert settings.url == "http://127.0.0.1:9123"
 
@@ -106,18 +136,27 @@ def test_serve_command_line_is_accepted_by_medsam_serve():
 
     settings = server_process.ServerSettings(python=sys.executable, port=9123, variant="tiny", device="cpu")
     args = build_parser().parse_args(server_process.serve_command(settings)[3:])
-    assert (args.command, args.port, args.variant, args.host, args.device, args.precision) == \
-        ("serve", 9123, "tiny", "127.0.0.1", "cpu", "fp32")
+    assert (args.command, args.port, args.variant, args.host, args.device, args.precision) == (
+        "serve",
+        9123,
+        "tiny",
+        "127.0.0.1",
+        "cpu",
+        "fp32",
+    )
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"python": ""}, "choose the Python"),
-    ({"python": "/no/such/python"}, "not an executable"),
-    ({"port": 0}, "outside 1..65535"),
-    ({"variant": "vit_x"}, "not one of"),
-    ({"precision": "fp16"}, "not one of"),
-    ({"checkpoint": "/no/such/weights.pth"}, "does not exist"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"python": ""}, "choose the Python"),
+        ({"python": "/no/such/python"}, "not an executable"),
+        ({"port": 0}, "outside 1..65535"),
+        ({"variant": "vit_x"}, "not one of"),
+        ({"precision": "fp16"}, "not one of"),
+        ({"checkpoint": "/no/such/weights.pth"}, "does not exist"),
+    ],
+)
 def test_bad_server_settings_are_refused(change, message):
     values = {"python": sys.executable, **change}
     with pytest.raises(server_process.ServerProcessError, match=message):
@@ -125,8 +164,13 @@ def test_bad_server_settings_are_refused(change, message):
 
 
 def test_server_environment_drops_slicers_python_and_carries_the_token():
-    base = {"PATH": "/usr/bin", "PYTHONHOME": "/slicer/lib/Python", "PYTHONPATH": "/slicer/lib",
-            "PYTHONNOUSERSITE": "1", server_process.TOKEN_ENVIRONMENT_VARIABLE: "old"}
+    base = {
+        "PATH": "/usr/bin",
+        "PYTHONHOME": "/slicer/lib/Python",
+        "PYTHONPATH": "/slicer/lib",
+        "PYTHONNOUSERSITE": "1",
+        server_process.TOKEN_ENVIRONMENT_VARIABLE: "old",
+    }
     env = server_process.server_environment(base, token="new")
     assert env["PATH"] == "/usr/bin" and env[server_process.TOKEN_ENVIRONMENT_VARIABLE] == "new"
     assert not {"PYTHONHOME", "PYTHONPATH", "PYTHONNOUSERSITE"} & set(env)
@@ -169,11 +213,16 @@ def fake_python(tmp_path):
 
 
 def start_fake(fake_python, tmp_path, mode, token=None):
-    settings = server_process.ServerSettings(python=str(fake_python), port=server_process.free_port(),
-                                             variant="tiny", token=token)
+    settings = server_process.ServerSettings(
+        python=str(fake_python), port=server_process.free_port(), variant="tiny", token=token
+    )
     server = server_process.LocalServer(settings, log_path=str(tmp_path / "server.log"))
-    environment = {**os.environ, "FAKE_RECORD": str(tmp_path / "record.json"), "FAKE_MODE": mode,
-                   "PYTHONPATH": "/slicer/lib/python"}
+    environment = {
+        **os.environ,
+        "FAKE_RECORD": str(tmp_path / "record.json"),
+        "FAKE_MODE": mode,
+        "PYTHONPATH": "/slicer/lib/python",
+    }
     server.start(environment=environment)
     return server
 

@@ -112,8 +112,9 @@ def expected_mask_ras(array_ras, low, high, axis="axial", slice_index=None):
     if slice_index is not None:
         world = geometry.WORLD_AXIS_OF_SLICING_AXIS[axis]
         others = [w for w in range(3) if w != world]
-        inside = np.all((ras[..., others] >= np.asarray(low)[others] - 1e-6)
-                        & (ras[..., others] <= np.asarray(high)[others] + 1e-6), axis=-1)
+        inside = np.all(
+            (ras[..., others] >= np.asarray(low)[others] - 1e-6) & (ras[..., others] <= np.asarray(high)[others] + 1e-6), axis=-1
+        )
         inside &= np.stack([i, j, k], -1)[..., world] == slice_index
     return (inside & (array_ras > THRESHOLD)).astype(np.uint8)
 
@@ -146,8 +147,9 @@ def test_a_box_in_ras_segments_the_same_physical_voxels_in_every_voxel_order(sce
         volume = add_volume(scene, *layout_of(array_ras, layout))
         segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
         client = ThresholdClient(THRESHOLD)
-        result = logic.segment(client, volume, segmentation, add_roi(scene, BOX_LOW, BOX_HIGH), VIEWS[axis],
-                               MedSAM.ACTION_3D, server_url=URL)
+        result = logic.segment(
+            client, volume, segmentation, add_roi(scene, BOX_LOW, BOX_HIGH), VIEWS[axis], MedSAM.ACTION_3D, server_url=URL
+        )
         assert result.created_segment and result.axis == axis
         mask = to_ras_order(segment_array_ijk(logic, segmentation, result.segment_id, volume), layout)
         np.testing.assert_array_equal(mask, expected, err_msg=f"{name} layout, {axis} view")
@@ -169,8 +171,9 @@ def test_segment_slice_fills_only_the_slice_in_view(scene, logic, axis):
     view = VIEWS[axis].copy()
     view[world, 3] = SPACING[world] * 1.2  # about one voxel off the centre: the nearest slice is centre+1
     ras_index = int((np.array(array_ras.shape)[world] - 1) / 2 + 1.2 * SPACING[world] / SPACING[world] + 0.5)
-    result = logic.segment(ThresholdClient(THRESHOLD), volume, segmentation, add_roi(scene, low, high), view,
-                           MedSAM.ACTION_SLICE, server_url=URL)
+    result = logic.segment(
+        ThresholdClient(THRESHOLD), volume, segmentation, add_roi(scene, low, high), view, MedSAM.ACTION_SLICE, server_url=URL
+    )
     mask = to_ras_order(segment_array_ijk(logic, segmentation, result.segment_id, volume), layout)
     expected = expected_mask_ras(array_ras, low, high, axis, slice_index=ras_index)
     assert expected.sum() > 0
@@ -193,8 +196,17 @@ def test_replace_add_and_undo_restore_the_segment_exactly(scene, logic):
     logic.write_segment(segmentation, other, volume, kidney)
     client = ThresholdClient(THRESHOLD)
 
-    first = logic.segment(client, volume, segmentation, add_roi(scene, BOX_LOW, BOX_HIGH), VIEWS["axial"],
-                          MedSAM.ACTION_3D, segment_id=mine, merge="replace", server_url=URL)
+    first = logic.segment(
+        client,
+        volume,
+        segmentation,
+        add_roi(scene, BOX_LOW, BOX_HIGH),
+        VIEWS["axial"],
+        MedSAM.ACTION_3D,
+        segment_id=mine,
+        merge="replace",
+        server_url=URL,
+    )
     assert not first.created_segment and first.segment_name == "liver"
     after_replace = logic.read_segment(segmentation, mine, volume)
     region = geometry.slab(2, first.first_slice, first.last_slice)  # LPS: axial slices are k = array axis 0
@@ -203,14 +215,31 @@ def test_replace_add_and_undo_restore_the_segment_exactly(scene, logic):
     np.testing.assert_array_equal(after_replace[outside], painted[outside])  # other slices kept
     assert not np.array_equal(after_replace[region], painted[region])
 
-    second = logic.segment(client, volume, segmentation, add_roi(scene, (-20, -12, -3), (0, 0, 3)),
-                           VIEWS["axial"], MedSAM.ACTION_3D, segment_id=mine, merge="add", server_url=URL)
+    second = logic.segment(
+        client,
+        volume,
+        segmentation,
+        add_roi(scene, (-20, -12, -3), (0, 0, 3)),
+        VIEWS["axial"],
+        MedSAM.ACTION_3D,
+        segment_id=mine,
+        merge="add",
+        server_url=URL,
+    )
     after_add = logic.read_segment(segmentation, mine, volume)
     assert np.all(after_add >= after_replace) and after_add.sum() > after_replace.sum()
     assert second.changed_voxels == int(after_add.sum() - after_replace.sum())
 
-    third = logic.segment(client, volume, segmentation, add_roi(scene, BOX_LOW, BOX_HIGH), VIEWS["coronal"],
-                          MedSAM.ACTION_3D, new_segment_name="tumour", server_url=URL)
+    third = logic.segment(
+        client,
+        volume,
+        segmentation,
+        add_roi(scene, BOX_LOW, BOX_HIGH),
+        VIEWS["coronal"],
+        MedSAM.ACTION_3D,
+        new_segment_name="tumour",
+        server_url=URL,
+    )
     assert third.created_segment and segmentation.GetSegmentation().GetSegment(third.segment_id).GetName() == "tumour"
     assert sum(call[0] == "create_session" for call in client.calls) == 1  # uploaded once
 
@@ -229,11 +258,27 @@ def test_undo_keeps_edits_made_meanwhile_on_other_slices(scene, logic):
     volume = add_volume(scene, *layout_of(phantom_ras(), LAYOUTS["ras"]))
     segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
     client = ThresholdClient(THRESHOLD)
-    result = logic.segment(client, volume, segmentation, add_roi(scene, BOX_LOW, BOX_HIGH),
-                           VIEWS["axial"], MedSAM.ACTION_3D, server_url=URL, new_segment_name="organ")
-    second = logic.segment(client, volume, segmentation, add_roi(scene, BOX_LOW, BOX_HIGH),
-                           VIEWS["axial"], MedSAM.ACTION_SLICE, segment_id=result.segment_id, merge="replace",
-                           server_url=URL)
+    result = logic.segment(
+        client,
+        volume,
+        segmentation,
+        add_roi(scene, BOX_LOW, BOX_HIGH),
+        VIEWS["axial"],
+        MedSAM.ACTION_3D,
+        server_url=URL,
+        new_segment_name="organ",
+    )
+    second = logic.segment(
+        client,
+        volume,
+        segmentation,
+        add_roi(scene, BOX_LOW, BOX_HIGH),
+        VIEWS["axial"],
+        MedSAM.ACTION_SLICE,
+        segment_id=result.segment_id,
+        merge="replace",
+        server_url=URL,
+    )
     # The user paints on slice 0 (not touched by the second action) with another tool.
     current = logic.read_segment(segmentation, result.segment_id, volume)
     assert second.first_slice != 0
@@ -254,8 +299,16 @@ def test_a_failed_segmentation_changes_nothing(scene, logic):
     failing = ThresholdClient(fail_on_segment=MedSAMClientError("server error 500: out of memory"))
     for segment_id in (segment, None):  # into the existing segment, and into a new one
         with pytest.raises(MedSAMClientError, match="out of memory"):
-            logic.segment(failing, volume, segmentation, add_roi(scene, BOX_LOW, BOX_HIGH), VIEWS["axial"],
-                          MedSAM.ACTION_3D, segment_id=segment_id, server_url=URL)
+            logic.segment(
+                failing,
+                volume,
+                segmentation,
+                add_roi(scene, BOX_LOW, BOX_HIGH),
+                VIEWS["axial"],
+                MedSAM.ACTION_3D,
+                segment_id=segment_id,
+                server_url=URL,
+            )
     assert segmentation.GetSegmentation().GetNumberOfSegments() == 1
     np.testing.assert_array_equal(logic.read_segment(segmentation, segment, volume), painted)
     assert not logic.can_undo()
@@ -266,8 +319,7 @@ def test_a_result_that_does_not_fit_is_not_written(scene, logic):
     segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
     request = logic.prepare(volume, segmentation, add_roi(scene, BOX_LOW, BOX_HIGH), VIEWS["axial"], server_url=URL)
     with pytest.raises(MedSAM.MedSAMError, match="shape"):
-        logic.run(type("Wrong", (ThresholdClient,), {"segment": lambda self, *a, **k: np.zeros((2, 2, 2))})(),
-                  request)
+        logic.run(type("Wrong", (ThresholdClient,), {"segment": lambda self, *a, **k: np.zeros((2, 2, 2))})(), request)
     scene.RemoveNode(volume)
     with pytest.raises(MedSAM.MedSAMError, match="removed while segmenting"):
         logic.apply(request, np.zeros(request.shape_kji, np.uint8))
@@ -280,8 +332,7 @@ def test_nothing_is_uploaded_without_consent(scene):
     segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
     client = ThresholdClient()
     with pytest.raises(consent.ConsentRequired, match="has not been sent"):
-        logic.segment(client, volume, segmentation, add_roi(scene, BOX_LOW, BOX_HIGH), VIEWS["axial"],
-                      server_url=URL)
+        logic.segment(client, volume, segmentation, add_roi(scene, BOX_LOW, BOX_HIGH), VIEWS["axial"], server_url=URL)
     assert client.calls == []
     logic.consent.grant(URL)
     request = logic.prepare(volume, segmentation, add_roi(scene, BOX_LOW, BOX_HIGH), VIEWS["axial"], server_url=URL)
@@ -335,8 +386,7 @@ def test_a_lost_session_is_uploaded_again(scene, logic):
     client = ThresholdClient(THRESHOLD)
     first = logic.segment(client, volume, segmentation, roi, VIEWS["axial"], server_url=URL)
     client.forget_all_sessions()  # the server restarted
-    second = logic.segment(client, volume, segmentation, roi, VIEWS["axial"], server_url=URL,
-                           segment_id=first.segment_id)
+    second = logic.segment(client, volume, segmentation, roi, VIEWS["axial"], server_url=URL, segment_id=first.segment_id)
     assert second.voxels_on_slices == first.voxels_on_slices > 0
     assert sum(c[0] == "create_session" for c in client.calls) == 2
     # Without the image at hand (prepared before the loss), run asks to prepare again.
@@ -358,8 +408,16 @@ def test_points_reach_the_client_in_ijk_on_the_segmented_slices(scene, logic):
         node.AddControlPoint(vtk.vtkVector3d(*(ijk_to_ras[:3, :3] @ ijk + ijk_to_ras[:3, 3])))
     client = ThresholdClient(THRESHOLD)
     # Axial slices of the permuted layout are along i (RAS z = (i - 4.5) * 3 mm): z -4..4 holds i = 4 and 5.
-    result = logic.segment(client, volume, segmentation, add_roi(scene, (-8, -6, -4), (14, 5, 4)), VIEWS["axial"],
-                           include_points_node=include, exclude_points_node=exclude, server_url=URL)
+    result = logic.segment(
+        client,
+        volume,
+        segmentation,
+        add_roi(scene, (-8, -6, -4), (14, 5, 4)),
+        VIEWS["axial"],
+        include_points_node=include,
+        exclude_points_node=exclude,
+        server_url=URL,
+    )
     assert (result.first_slice, result.last_slice) == (4, 5)
     points = client.calls[-1][-1]
     assert points == [((4, 10, 6), True), ((5, 12, 7), False)]  # i = 9 is off the box's slices
@@ -427,8 +485,15 @@ def test_a_transformed_volume_uses_world_coordinates(scene, logic):
 def test_segmentation_round_trips_through_seg_nrrd(scene, logic, tmp_path):
     volume = add_volume(scene, *layout_of(phantom_ras(), LAYOUTS["permuted"]))
     segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
-    result = logic.segment(ThresholdClient(THRESHOLD), volume, segmentation, add_roi(scene, BOX_LOW, BOX_HIGH),
-                           VIEWS["coronal"], server_url=URL, new_segment_name="organ")
+    result = logic.segment(
+        ThresholdClient(THRESHOLD),
+        volume,
+        segmentation,
+        add_roi(scene, BOX_LOW, BOX_HIGH),
+        VIEWS["coronal"],
+        server_url=URL,
+        new_segment_name="organ",
+    )
     written = logic.read_segment(segmentation, result.segment_id, volume)
     path = tmp_path / "organ.seg.nrrd"
     storage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
@@ -448,8 +513,9 @@ def test_segmentation_round_trips_through_seg_nrrd(scene, logic, tmp_path):
 
 
 def test_the_modules_self_test_runs_without_the_application():
-    suite = unittest.TestSuite(MedSAM.MedSAMTest(name) for name in
-                               ("test_box_lands_on_the_same_physical_voxels", "test_merge_modes_and_undo"))
+    suite = unittest.TestSuite(
+        MedSAM.MedSAMTest(name) for name in ("test_box_lands_on_the_same_physical_voxels", "test_merge_modes_and_undo")
+    )
     outcome = unittest.TextTestRunner(verbosity=0).run(suite)
     assert outcome.wasSuccessful(), outcome.failures + outcome.errors
 
@@ -485,14 +551,22 @@ def test_a_segment_reaching_outside_the_volume_is_read_replaced_and_undone(scene
 
     inside = logic.read_segment(segmentation, segment, volume)
     assert inside.shape == slicer.util.arrayFromVolume(volume).shape and inside.all()
-    result = logic.segment(ThresholdClient(THRESHOLD), volume, segmentation, add_roi(scene, BOX_LOW, BOX_HIGH),
-                           VIEWS["axial"], segment_id=segment, merge="replace", server_url=URL)
+    result = logic.segment(
+        ThresholdClient(THRESHOLD),
+        volume,
+        segmentation,
+        add_roi(scene, BOX_LOW, BOX_HIGH),
+        VIEWS["axial"],
+        segment_id=segment,
+        merge="replace",
+        server_url=URL,
+    )
     after = logic.read_segment(segmentation, segment, volume)
     region = geometry.slab(2, result.first_slice, result.last_slice)
     expected = expected_mask_ras(array_ras, BOX_LOW, BOX_HIGH).transpose(2, 1, 0)
     np.testing.assert_array_equal(after[region], expected[region])
     outside_volume = np.ones(everywhere.shape, bool)
-    outside_volume[3:3 + 10, 6:6 + 18, 9:9 + 22] = False  # [k, j, i] of the volume inside the larger grid
+    outside_volume[3 : 3 + 10, 6 : 6 + 18, 9 : 9 + 22] = False  # [k, j, i] of the volume inside the larger grid
     assert logic.read_segment(segmentation, segment, big)[outside_volume].all()  # the user's voxels outside
     logic.undo()
     assert logic.read_segment(segmentation, segment, volume).all()
@@ -505,12 +579,14 @@ def test_a_segmentation_without_display_node_gets_one(scene, logic):
     volume = add_volume(scene, *layout_of(phantom_ras(), LAYOUTS["lps"]))
     segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
     assert segmentation.GetDisplayNode() is None
-    logic.segment(ThresholdClient(THRESHOLD), volume, segmentation, add_roi(scene, BOX_LOW, BOX_HIGH),
-                  VIEWS["axial"], server_url=URL)
+    logic.segment(
+        ThresholdClient(THRESHOLD), volume, segmentation, add_roi(scene, BOX_LOW, BOX_HIGH), VIEWS["axial"], server_url=URL
+    )
     display = segmentation.GetDisplayNode()
     assert isinstance(display, slicer.vtkMRMLSegmentationDisplayNode) and display.GetVisibility()
-    logic.segment(ThresholdClient(THRESHOLD), volume, segmentation, add_roi(scene, BOX_LOW, BOX_HIGH),
-                  VIEWS["axial"], server_url=URL)
+    logic.segment(
+        ThresholdClient(THRESHOLD), volume, segmentation, add_roi(scene, BOX_LOW, BOX_HIGH), VIEWS["axial"], server_url=URL
+    )
     assert segmentation.GetDisplayNode() is display and segmentation.GetNumberOfDisplayNodes() == 1
 
 
@@ -561,11 +637,11 @@ def test_the_slices_of_a_box_drawn_in_one_view(scene, logic):
     roi.AddControlPoint(vtk.vtkVector3d(14.0, 0.0, 0.0))  # 22 x 6 mm in the axial plane z = 0
     assert tuple(roi.GetSize()) == pytest.approx((22.0, 6.0, 6.0))
     text = logic.segment_3d_coverage(volume, roi, VIEWS["axial"])
-    request = logic.prepare(volume, scene.AddNewNodeByClass("vtkMRMLSegmentationNode"), roi, VIEWS["axial"],
-                            server_url=URL)
+    request = logic.prepare(volume, scene.AddNewNodeByClass("vtkMRMLSegmentationNode"), roi, VIEWS["axial"], server_url=URL)
     first, last = request.slice_range
     assert (first, last) == (4, 5)  # z -3..3 mm holds the centres of i = 4 (z -1.5) and 5 (z 1.5)
     assert text == f"Segment 3D: axial slices {first}-{last} (2 of 10); the box is 6.0 mm deep along axial."
-    assert logic.segment_3d_coverage(volume, scene.AddNewNodeByClass("vtkMRMLMarkupsROINode"),
-                                     VIEWS["axial"]).startswith("Segment 3D: draw a box first")
+    assert logic.segment_3d_coverage(volume, scene.AddNewNodeByClass("vtkMRMLMarkupsROINode"), VIEWS["axial"]).startswith(
+        "Segment 3D: draw a box first"
+    )
     assert logic.segment_3d_coverage(None, roi, VIEWS["axial"]) == ""

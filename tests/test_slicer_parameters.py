@@ -116,6 +116,7 @@ def test_values_that_do_not_fit_are_refused_and_nothing_changes(scene):
     assert parameters.inputVolume is None and parameters.windowWidth == 400.0
 
     with pytest.raises(TypeError, match="member thing"):
+
         @stand_ins.parameterNodeWrapper
         class Broken:
             thing: complex  # no serializer, in Slicer's wrapper either
@@ -140,7 +141,10 @@ def test_a_saved_scene_brings_the_choices_back(scene, logic, tmp_path):
     assert again.inputVolume.GetName() == "abdomen CT" and again.inputVolume.GetScene() is loaded
     assert again.segmentation.GetName() == "liver work"
     assert [again.getValue(m).GetName() for m in ("box", "includePoints", "excludePoints")] == [
-        "MedSAM box", "MedSAM include", "MedSAM exclude"]
+        "MedSAM box",
+        "MedSAM include",
+        "MedSAM exclude",
+    ]
 
 
 def test_one_parameter_node_per_scene_reset_when_the_scene_closes(scene, logic):
@@ -178,8 +182,10 @@ def test_the_logic_segments_from_the_parameter_node_alone(scene, logic):
     assert (first.segment_name, first.axis, first.created_segment) == ("organ", "coronal", True)
     assert parameters.segmentation.GetName() == "MedSAM segmentation"  # made, as none was chosen
     assert parameters.segmentID == first.segment_id
-    mask = to_ras_order(logic.read_segment(parameters.segmentation, first.segment_id, parameters.inputVolume)
-                        .transpose(2, 1, 0), LAYOUTS["permuted"])
+    mask = to_ras_order(
+        logic.read_segment(parameters.segmentation, first.segment_id, parameters.inputVolume).transpose(2, 1, 0),
+        LAYOUTS["permuted"],
+    )
     np.testing.assert_array_equal(mask, expected_mask_ras(array_ras, BOX_LOW, BOX_HIGH))
     sent = client.calls[-1]
     assert sent[0] == "segment" and sent[3] == "coronal" and sent[4] is True
@@ -187,13 +193,13 @@ def test_the_logic_segments_from_the_parameter_node_alone(scene, logic):
 
     parameters.sliceView = ""  # the view the mouse was last in, else Red
     parameters.merge, parameters.modality = "add", "mr"
-    second = logic.segment_with_parameters(client, parameters, MedSAM.ACTION_SLICE, server_url=URL,
-                                           last_slice_node_id=None)
+    second = logic.segment_with_parameters(client, parameters, MedSAM.ACTION_SLICE, server_url=URL, last_slice_node_id=None)
     assert second.segment_id == first.segment_id and not second.created_segment and second.axis == "axial"
     assert [c[2:] for c in client.calls if c[0] == "create_session"][-1] == ("mr", None)
     green = scene.GetFirstNodeByName("Green")
-    third = logic.segment_with_parameters(client, parameters, MedSAM.ACTION_SLICE, server_url=URL,
-                                          last_slice_node_id=green.GetID())
+    third = logic.segment_with_parameters(
+        client, parameters, MedSAM.ACTION_SLICE, server_url=URL, last_slice_node_id=green.GetID()
+    )
     assert third.axis == "coronal"
 
 
@@ -221,8 +227,11 @@ def test_prompt_nodes_are_made_once(scene, logic):
     parameters = logic.getParameterNode()
     assert logic.ensure_prompt_nodes(parameters)
     made = [parameters.getValue(m) for m in ("box", "includePoints", "excludePoints")]
-    assert [type(n).__name__ for n in made] == ["vtkMRMLMarkupsROINode", "vtkMRMLMarkupsFiducialNode",
-                                                "vtkMRMLMarkupsFiducialNode"]
+    assert [type(n).__name__ for n in made] == [
+        "vtkMRMLMarkupsROINode",
+        "vtkMRMLMarkupsFiducialNode",
+        "vtkMRMLMarkupsFiducialNode",
+    ]
     assert made[1].GetDisplayNode().GetSelectedColor() != made[2].GetDisplayNode().GetSelectedColor()
     assert not logic.ensure_prompt_nodes(parameters)
     assert scene.GetNumberOfNodesByClass("vtkMRMLMarkupsNode") == 3
@@ -238,8 +247,9 @@ def test_the_stand_ins_and_the_phantom_live_outside_the_module_file():
     MedSAMLib/testing.py, which has them, imports nothing of Slicer, VTK or Qt."""
     tree = ast.parse((MODULE_DIR / "MedSAM.py").read_text())
     fallbacks = [node for node in ast.walk(tree) if isinstance(node, ast.Try)]
-    defined_in_fallbacks = [n.name for t in fallbacks for h in t.handlers for n in ast.walk(h)
-                            if isinstance(n, (ast.ClassDef, ast.FunctionDef))]
+    defined_in_fallbacks = [
+        n.name for t in fallbacks for h in t.handlers for n in ast.walk(h) if isinstance(n, (ast.ClassDef, ast.FunctionDef))
+    ]
     assert defined_in_fallbacks == []
     top_level = {node.name for node in tree.body if isinstance(node, (ast.ClassDef, ast.FunctionDef))}
     assert not {name for name in top_level if "phantom" in name.lower() or name.startswith("ScriptedLoadable")}
@@ -264,11 +274,16 @@ def test_every_parameter_is_shown_by_one_widget_that_can_show_it():
     """The .ui file's SlicerParameterName properties and the panel's combo box connectors together cover every member
     of MedSAMParameterNode once, each with a widget class the wrapper can connect (as Slicer's, by class)."""
     root = ET.parse(MODULE_DIR / "Resources" / "UI" / "MedSAM.ui").getroot()
-    by_ui = {p.findtext("string"): w.get("class") for w in root.iter("widget") for p in w.findall("property")
-             if p.get("name") == "SlicerParameterName"}
+    by_ui = {
+        p.findtext("string"): w.get("class")
+        for w in root.iter("widget")
+        for p in w.findall("property")
+        if p.get("name") == "SlicerParameterName"
+    }
     assert all(p.get("stdset") == "0" for p in root.iter("property") if p.get("name") == "SlicerParameterName")
-    panel = types.SimpleNamespace(ui=types.SimpleNamespace(**{w.get("name"): UiWidget(w.get("class"))
-                                                             for w in root.iter("widget")}))
+    panel = types.SimpleNamespace(
+        ui=types.SimpleNamespace(**{w.get("name"): UiWidget(w.get("class")) for w in root.iter("widget")})
+    )
     by_combo_box = MedSAM.MedSAMWidget._combo_box_connectors(panel)
     assert not set(by_ui) & set(by_combo_box)
     assert set(by_ui) | set(by_combo_box) == set(MedSAM.MedSAMParameterNode.allParameters)
@@ -276,5 +291,6 @@ def test_every_parameter_is_shown_by_one_widget_that_can_show_it():
         stand_ins.createGuiConnector(UiWidget(cls), MedSAM.MedSAMParameterNode.dataType(name))  # raises if none fits
     for name, connector in by_combo_box.items():
         assert connector.widget().className() == "QComboBox"
-        assert MedSAM.ComboBoxDataConnector.canRepresent(types.SimpleNamespace(findData=None),
-                                                         MedSAM.MedSAMParameterNode.dataType(name))
+        assert MedSAM.ComboBoxDataConnector.canRepresent(
+            types.SimpleNamespace(findData=None), MedSAM.MedSAMParameterNode.dataType(name)
+        )

@@ -34,8 +34,9 @@ exporter = load_exporter()
 
 
 def run_script(*arguments):
-    return subprocess.run([sys.executable, str(SCRIPT), *map(str, arguments)], capture_output=True, text=True,
-                          timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *map(str, arguments)], capture_output=True, text=True, timeout=120, check=False
+    )
 
 
 def git(folder, *arguments):
@@ -69,8 +70,7 @@ def test_the_export_is_a_repository_root_the_index_checks_accept(exported):
 
 def test_this_repository_as_it_is_would_be_rejected():
     """The Index clones scm_url and builds from its root: this project's root is no Slicer extension."""
-    entry = {**json.loads((EXTENSION / "MedSAM.json").read_text()),
-             "scm_url": "https://github.com/medsam-monai/medsam-monai.git"}
+    entry = {**json.loads((EXTENSION / "MedSAM.json").read_text()), "scm_url": "https://github.com/medsam-monai/medsam-monai.git"}
     problems = " | ".join(exporter.check_tree(REPOSITORY, entry, "MedSAM"))
     assert "CMakeLists.txt file not found in repository root" in problems
     assert "git repository name should start with 'Slicer'" in problems

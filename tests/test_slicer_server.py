@@ -24,12 +24,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "slicer_extension" 
 import MedSAM  # noqa: E402
 from MedSAMLib import consent, server_process, tasks  # noqa: E402
 from MedSAMLib.client import Cancelled, MedSAMClient, NotFound  # noqa: E402
+from test_slicer_logic import LAYOUTS, VIEWS, add_roi, add_volume, to_ras_order  # noqa: E402
 
 from medsam_monai.checkpoints import TINY_DEMO_CHECKPOINT  # noqa: E402
 from medsam_monai.cli import main as medsam_main  # noqa: E402
 from medsam_monai.io import read_volume, write_volume  # noqa: E402
 from medsam_monai.phantom import ct_phantom  # noqa: E402
-from test_slicer_logic import LAYOUTS, VIEWS, add_roi, add_volume, to_ras_order  # noqa: E402
 
 SPACING = (3.0, 3.0, 5.0)
 
@@ -45,9 +45,13 @@ def server(tiny_checkpoint, tmp_path_factory):
     """``python -m medsam_monai.cli serve --variant tiny --checkpoint ... --port <free>``, started and stopped
     by the module's own process management."""
     settings = server_process.ServerSettings(
-        python=sys.executable, port=server_process.free_port(), variant="tiny", checkpoint=str(tiny_checkpoint),
+        python=sys.executable,
+        port=server_process.free_port(),
+        variant="tiny",
+        checkpoint=str(tiny_checkpoint),
         # No background encoding: the tests' two CPU cores go to the slices they ask for.
-        extra_arguments=("--prefetch-slices", "0"))
+        extra_arguments=("--prefetch-slices", "0"),
+    )
     local = server_process.LocalServer(settings, log_path=str(tmp_path_factory.mktemp("log") / "server.log"))
     local.start()
     try:
@@ -101,8 +105,9 @@ def test_client_talks_to_the_server(server, logic, phantom):
     array_ras, low, high = phantom
     volume = add_volume(logic.scene, *layout_of(array_ras, LAYOUTS["ras"]))
     segmentation = logic.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
-    request = logic.prepare(volume, segmentation, add_roi(logic.scene, low, high), VIEWS["axial"], MedSAM.ACTION_SLICE,
-                            server_url=server.url)
+    request = logic.prepare(
+        volume, segmentation, add_roi(logic.scene, low, high), VIEWS["axial"], MedSAM.ACTION_SLICE, server_url=server.url
+    )
     created = []
 
     class RecordingClient(MedSAMClient):
@@ -125,8 +130,7 @@ def test_client_talks_to_the_server(server, logic, phantom):
         pytest.fail("the session was not closed on the server")
 
 
-def test_the_logic_writes_what_medsam_segment_writes_in_every_voxel_order(server, logic, phantom, tiny_checkpoint,
-                                                                         tmp_path):
+def test_the_logic_writes_what_medsam_segment_writes_in_every_voxel_order(server, logic, phantom, tiny_checkpoint, tmp_path):
     array_ras, low, high = phantom
     scene = logic.scene
     client = logic.client_for(server.url)
@@ -135,8 +139,15 @@ def test_the_logic_writes_what_medsam_segment_writes_in_every_voxel_order(server
         array, ijk_to_ras = layout_of(array_ras, LAYOUTS[name])
         volume = add_volume(scene, array, ijk_to_ras, name)
         segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
-        request = logic.prepare(volume, segmentation, add_roi(scene, low, high), VIEWS["axial"], MedSAM.ACTION_3D,
-                                new_segment_name="organ", server_url=server.url)
+        request = logic.prepare(
+            volume,
+            segmentation,
+            add_roi(scene, low, high),
+            VIEWS["axial"],
+            MedSAM.ACTION_3D,
+            new_segment_name="organ",
+            server_url=server.url,
+        )
         assert request.slice_range[1] - request.slice_range[0] == 2  # three axial slices
         labels = logic.run(client, request)
         result = logic.apply(request, labels)
@@ -148,9 +159,29 @@ def test_the_logic_writes_what_medsam_segment_writes_in_every_voxel_order(server
             write_volume(image, array, ijk_to_ras)
             out = tmp_path / "cli.seg.nrrd"
             box = ",".join(str(v) for v in request.box_ijk)
-            assert medsam_main(["segment", str(image), "--box", box, "--axis", "axial", "--modality", "ct",
-                                "--window", "abdomen", "--variant", "tiny", "--checkpoint", str(tiny_checkpoint),
-                                "--out", str(out)]) == 0
+            assert (
+                medsam_main(
+                    [
+                        "segment",
+                        str(image),
+                        "--box",
+                        box,
+                        "--axis",
+                        "axial",
+                        "--modality",
+                        "ct",
+                        "--window",
+                        "abdomen",
+                        "--variant",
+                        "tiny",
+                        "--checkpoint",
+                        str(tiny_checkpoint),
+                        "--out",
+                        str(out),
+                    ]
+                )
+                == 0
+            )
             cli_labels = read_volume(out).array
             np.testing.assert_array_equal(mask_ijk, (cli_labels > 0).astype(np.uint8))
             # Saved by Slicer as .seg.nrrd and loaded again: the same voxels.
@@ -177,15 +208,15 @@ def test_segment_slice_in_a_worker_thread_equals_the_3d_key_slice(server, logic,
     segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
     roi = add_roi(scene, low, high)
     client = logic.client_for(server.url)
-    three_d = logic.segment(client, volume, segmentation, roi, VIEWS["axial"], MedSAM.ACTION_3D,
-                            new_segment_name="3d", server_url=server.url)
+    three_d = logic.segment(
+        client, volume, segmentation, roi, VIEWS["axial"], MedSAM.ACTION_3D, new_segment_name="3d", server_url=server.url
+    )
     key_slice = (three_d.first_slice + three_d.last_slice) // 2
     view = VIEWS["axial"].copy()
     view[2, 3] = (key_slice - (array.shape[2] - 1) / 2) * SPACING[2]  # the view on the key slice
 
     # As the module's panel does it: prepare here, run in a thread polled for progress, apply here.
-    request = logic.prepare(volume, segmentation, roi, view, MedSAM.ACTION_SLICE, new_segment_name="slice",
-                            server_url=server.url)
+    request = logic.prepare(volume, segmentation, roi, view, MedSAM.ACTION_SLICE, new_segment_name="slice", server_url=server.url)
     seen = []
     task = tasks.BackgroundTask(lambda progress, cancelled: logic.run(client, request, progress, cancelled)).start()
     while not task.wait(0.05):
@@ -212,7 +243,16 @@ def test_cancelling_leaves_the_segment_as_it_was(server, logic, phantom):
     painted[3:6, 10:20, 10:20] = 1
     logic.write_segment(segmentation, segment, volume, painted)
     with pytest.raises(Cancelled):
-        logic.segment(logic.client_for(server.url), volume, segmentation, add_roi(scene, low, high), VIEWS["axial"],
-                      MedSAM.ACTION_3D, segment_id=segment, server_url=server.url, cancel=lambda: True)
+        logic.segment(
+            logic.client_for(server.url),
+            volume,
+            segmentation,
+            add_roi(scene, low, high),
+            VIEWS["axial"],
+            MedSAM.ACTION_3D,
+            segment_id=segment,
+            server_url=server.url,
+            cancel=lambda: True,
+        )
     np.testing.assert_array_equal(logic.read_segment(segmentation, segment, volume), painted)
     assert not logic.can_undo()

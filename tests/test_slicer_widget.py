@@ -43,9 +43,16 @@ def accepted_arguments(slot, offered):
 
 # Signals as PythonQt exposes them on a widget (``widget.currentIndexChanged.connect(slot)``), by the signature
 # the old style names (``widget.connect("currentIndexChanged(int)", slot)``); both reach the same slots.
-SIGNALS = {"currentIndexChanged": "currentIndexChanged(int)", "currentNodeChanged": "currentNodeChanged(vtkMRMLNode*)",
-           "textChanged": "textChanged(QString)", "currentPathChanged": "currentPathChanged(QString)",
-           "clicked": "clicked(bool)", "toggled": "toggled(bool)", "activated": "activated()", "timeout": "timeout()"}
+SIGNALS = {
+    "currentIndexChanged": "currentIndexChanged(int)",
+    "currentNodeChanged": "currentNodeChanged(vtkMRMLNode*)",
+    "textChanged": "textChanged(QString)",
+    "currentPathChanged": "currentPathChanged(QString)",
+    "clicked": "clicked(bool)",
+    "toggled": "toggled(bool)",
+    "activated": "activated()",
+    "timeout": "timeout()",
+}
 
 
 class BoundSignal:
@@ -91,7 +98,7 @@ class Widget:
 
     def emit(self, signal, *args):
         for slot in list(self._slots.get(signal, [])):
-            slot(*args[:accepted_arguments(slot, len(args))])
+            slot(*args[: accepted_arguments(slot, len(args))])
 
     def __getattr__(self, name):
         if name == "valueChanged":
@@ -220,8 +227,10 @@ def dynamic_properties(element):
 def widgets_from_ui():
     classes = {"QComboBox": ComboBox, "qMRMLNodeComboBox": NodeComboBox, "qSlicerMarkupsPlaceWidget": PlaceWidget}
     root = ET.parse(MODULE_DIR / "Resources" / "UI" / "MedSAM.ui").getroot()
-    return {w.get("name"): classes.get(w.get("class"), Widget)(w.get("name"), w.get("class"), dynamic_properties(w))
-            for w in root.iter("widget")}
+    return {
+        w.get("name"): classes.get(w.get("class"), Widget)(w.get("name"), w.get("class"), dynamic_properties(w))
+        for w in root.iter("widget")
+    }
 
 
 class FakeQt(types.SimpleNamespace):
@@ -319,7 +328,7 @@ class LayoutManager:
     def switch_layout(self, layout_id):
         """What a layout change does: new views exist, then layoutChanged(int) is emitted."""
         for slot in list(self._slots):
-            slot(*(layout_id,)[:accepted_arguments(slot, 1)])
+            slot(*(layout_id,)[: accepted_arguments(slot, 1)])
 
 
 def add_slice_node(scene, name, orientation):
@@ -404,10 +413,21 @@ def make_panel(monkeypatch, main_window=True):
     roi.SetSize(*(np.array(BOX_HIGH) - np.array(BOX_LOW)))
     if main_window:
         ui["sliceViewComboBox"].setCurrentIndex(ui["sliceViewComboBox"].findData("Red"))
-    return types.SimpleNamespace(widget=widget, ui=types.SimpleNamespace(**ui), scene=scene, volume=volume, roi=roi,
-                                 client=client, dialogs=dialogs, settings=settings, slice_nodes=slice_nodes,
-                                 layout_manager=layout_manager, markups_logic=markups_logic, reloads=reloads,
-                                 crosshair=MedSAM.default_crosshair(scene))
+    return types.SimpleNamespace(
+        widget=widget,
+        ui=types.SimpleNamespace(**ui),
+        scene=scene,
+        volume=volume,
+        roi=roi,
+        client=client,
+        dialogs=dialogs,
+        settings=settings,
+        slice_nodes=slice_nodes,
+        layout_manager=layout_manager,
+        markups_logic=markups_logic,
+        reloads=reloads,
+        crosshair=MedSAM.default_crosshair(scene),
+    )
 
 
 def enter_module(widget):
@@ -451,8 +471,7 @@ def finish(panel):
 def segments(panel):
     node = panel.ui.segmentationSelector.currentNode()
     segmentation = node.GetSegmentation()
-    return [segmentation.GetSegment(segmentation.GetNthSegmentID(n)).GetName()
-            for n in range(segmentation.GetNumberOfSegments())]
+    return [segmentation.GetSegment(segmentation.GetNthSegmentID(n)).GetName() for n in range(segmentation.GetNumberOfSegments())]
 
 
 def test_the_panel_segments_asks_once_and_undoes(panel):
@@ -529,8 +548,9 @@ def test_problems_end_in_a_message_and_change_nothing(panel):
 def test_cancel_stops_the_work_and_writes_nothing(panel):
     from MedSAMLib.client import Cancelled
 
-    def segment_until_cancelled(session_id, box_ijk, axis="axial", propagate=True, points=None, progress=None,
-                                cancel=None, **kwargs):
+    def segment_until_cancelled(
+        session_id, box_ijk, axis="axial", propagate=True, points=None, progress=None, cancel=None, **kwargs
+    ):
         progress(1, 5)
         while not cancel():  # the server working on slice 2 of 5
             time.sleep(0.01)
@@ -817,10 +837,15 @@ def test_the_panels_choices_are_the_parameter_nodes(panel):
     ui.windowComboBox.setCurrentIndex(ui.windowComboBox.findData("custom"))
     ui.windowLevelSpinBox.value = -600.0
     ui.newSegmentNameLineEdit.text = "left lung"
-    assert (raw.GetParameter("merge"), raw.GetParameter("windowPreset"), raw.GetParameter("windowLevel"),
-            raw.GetParameter("newSegmentName")) == ("add", "custom", "-600.0", "left lung")
+    assert (
+        raw.GetParameter("merge"),
+        raw.GetParameter("windowPreset"),
+        raw.GetParameter("windowLevel"),
+        raw.GetParameter("newSegmentName"),
+    ) == ("add", "custom", "-600.0", "left lung")
     assert ui.windowLevelSpinBox.enabled and (ui.windowLevelSpinBox.minimum, ui.windowLevelSpinBox.maximum) == (
-        MedSAM.WINDOW_LEVEL_RANGE)
+        MedSAM.WINDOW_LEVEL_RANGE
+    )
 
     parameters.modality = "mr"
     parameters.sliceView = "Green"

@@ -114,10 +114,14 @@ def test_cases_from_datalist_and_folder_layouts(tmp_path):
         assert len(cases["training"]) == 4 and len(cases["validation"]) == 1
         for case in cases["training"] + cases["validation"]:
             assert Path(case["label"]).name == Path(case["image"]).name.replace("_0000", "")
-    (tmp_path / "msd" / "list.json").write_text(json.dumps({
-        "training": [{"image": "imagesTr/case0.nii.gz", "label": "labelsTr/case0.nii.gz"}],
-        "validation": [{"image": "imagesTr/case1.nii.gz", "label": "labelsTr/case1.nii.gz"}],
-    }))
+    (tmp_path / "msd" / "list.json").write_text(
+        json.dumps(
+            {
+                "training": [{"image": "imagesTr/case0.nii.gz", "label": "labelsTr/case0.nii.gz"}],
+                "validation": [{"image": "imagesTr/case1.nii.gz", "label": "labelsTr/case1.nii.gz"}],
+            }
+        )
+    )
     cases = load_cases(tmp_path / "msd" / "list.json")
     assert [Path(c["image"]).name for c in cases["validation"]] == ["case1.nii.gz"]
     with pytest.raises(FileNotFoundError, match="imagesTr"):
@@ -154,8 +158,9 @@ def test_train_net_trains_the_model_as_is():
     assert image_encoder.attention_with_rel_pos is attention
     assert not hasattr(training, "enable_encoder_training")
     assert net.image_encoder is sam.image_encoder
-    logits = net(torch.rand(1, 1, 1024, 1024, generator=torch.Generator().manual_seed(0)),
-                 torch.tensor([[100.0, 150.0, 600.0, 700.0]]))
+    logits = net(
+        torch.rand(1, 1, 1024, 1024, generator=torch.Generator().manual_seed(0)), torch.tensor([[100.0, 150.0, 600.0, 700.0]])
+    )
     assert logits.shape == (1, 1, 1024, 1024)
     logits.mean().backward()
     for block in net.image_encoder.blocks:
@@ -166,11 +171,16 @@ def test_dice_ce_loss_is_medsams_dice_plus_bce():
     from monai.losses import DiceCELoss, DiceLoss
 
     logits, target = torch.randn(4, 1, 32, 32), (torch.rand(4, 1, 32, 32) > 0.5).float()
-    medsam = DiceLoss(sigmoid=True, squared_pred=True, reduction="mean")(logits, target) + torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+    medsam = DiceLoss(sigmoid=True, squared_pred=True, reduction="mean")(
+        logits, target
+    ) + torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
     ours = DiceCELoss(sigmoid=True, squared_pred=True, reduction="mean")(logits, target)
     assert torch.allclose(ours, medsam, atol=1e-6)
     assert json.loads(TRAIN_JSON.read_text())["loss"] == {
-        "_target_": "DiceCELoss", "sigmoid": True, "squared_pred": True, "reduction": "mean"
+        "_target_": "DiceCELoss",
+        "sigmoid": True,
+        "squared_pred": True,
+        "reduction": "mean",
     }
 
 
@@ -181,8 +191,14 @@ def _workflow(bundle_root: Path, datalist: Path, **overrides):
     from monai.bundle import ConfigWorkflow
 
     settings = {
-        "bundle_root": str(bundle_root), "data_source": str(datalist), "variant": "tiny", "ckpt_path": None,
-        "num_workers": 0, "cache": "none", "learning_rate": 2e-3, **overrides,
+        "bundle_root": str(bundle_root),
+        "data_source": str(datalist),
+        "variant": "tiny",
+        "ckpt_path": None,
+        "num_workers": 0,
+        "cache": "none",
+        "learning_rate": 2e-3,
+        **overrides,
     }
     settings = {key: value for key, value in settings.items() if value is not CONFIG_DEFAULT}
     workflow = ConfigWorkflow(config_file=str(TRAIN_JSON), logging_file=False, workflow_type=None, **settings)
@@ -225,16 +241,34 @@ def _segment_with(checkpoint: Path, tmp_path: Path, bundle_inference: bool = Fal
     image = write_volume(tmp_path / "ct.nii.gz", phantom.volume.array, phantom.volume.affine)
     box = label_box(phantom.labels, 1)
     out = tmp_path / "mask.nii.gz"
-    code = medsam_main(["segment", str(image), "--box", ",".join(map(str, box)), "--variant", "tiny",
-                        "--checkpoint", str(checkpoint), "--out", str(out)])
+    code = medsam_main(
+        [
+            "segment",
+            str(image),
+            "--box",
+            ",".join(map(str, box)),
+            "--variant",
+            "tiny",
+            "--checkpoint",
+            str(checkpoint),
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0 and out.is_file()
     if bundle_inference:
         from monai.bundle import ConfigWorkflow
 
         workflow = ConfigWorkflow(
-            config_file=str(BUNDLE / "configs" / "inference.json"), logging_file=False, workflow_type=None,
-            bundle_root=str(BUNDLE), ckpt_path=str(checkpoint), variant="tiny", device="cpu",
-            input_dict={"image": str(image), "box": list(box)}, output_dir=str(tmp_path / "bundle_out"),
+            config_file=str(BUNDLE / "configs" / "inference.json"),
+            logging_file=False,
+            workflow_type=None,
+            bundle_root=str(BUNDLE),
+            ckpt_path=str(checkpoint),
+            variant="tiny",
+            device="cpu",
+            input_dict={"image": str(image), "box": list(box)},
+            output_dir=str(tmp_path / "bundle_out"),
         )
         workflow.initialize()
         workflow.run()
@@ -245,8 +279,16 @@ def _segment_with(checkpoint: Path, tmp_path: Path, bundle_inference: bool = Fal
 def test_train_json_loss_goes_down_and_resumes(dataset, tmp_path):
     # One fixed batch (the first slice, every label, no jitter): the loss must fall as the model fits it.
     one_slice = "$medsam_monai.training.foreground_slices(@cases['training'], @axis, @min_pixels)[:1]"
-    first = _workflow(tmp_path, dataset, epochs=4, val_interval=100, batch_size=1, bbox_shift=0,
-                      prompts_per_slice="all", **{"train#slices": one_slice})
+    first = _workflow(
+        tmp_path,
+        dataset,
+        epochs=4,
+        val_interval=100,
+        batch_size=1,
+        bbox_shift=0,
+        prompts_per_slice="all",
+        **{"train#slices": one_slice},
+    )
     initial = {k: v.clone() for k, v in first.parser.get_parsed_content("network_def").state_dict().items()}
     losses = _run_recording_losses(first)
     assert len(losses) == 4
@@ -260,8 +302,17 @@ def test_train_json_loss_goes_down_and_resumes(dataset, tmp_path):
     assert latest_checkpoint(ckpt_dir).name == "checkpoint_epoch=4.pt"
 
     # The same command with resume: epoch 5 continues the run (weights and optimizer restored), then validates.
-    second = _workflow(tmp_path, dataset, epochs=5, val_interval=5, batch_size=1, bbox_shift=0,
-                       prompts_per_slice="all", resume=True, **{"train#slices": one_slice})
+    second = _workflow(
+        tmp_path,
+        dataset,
+        epochs=5,
+        val_interval=5,
+        batch_size=1,
+        bbox_shift=0,
+        prompts_per_slice="all",
+        resume=True,
+        **{"train#slices": one_slice},
+    )
     resumed = _run_recording_losses(second)
     assert len(resumed) == 1 and resumed[0] < losses[-1]  # where the first run stopped, not from scratch
     assert second.parser.get_parsed_content("train#trainer").state.iteration == 5
@@ -285,12 +336,39 @@ def _free_port() -> int:
 def test_multi_gpu_train_json_runs_two_processes_with_gloo(dataset, tmp_path):
     two_slices = "$medsam_monai.training.foreground_slices(@cases['training'], @axis, @min_pixels)[:4]"
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-        f"--master_port={_free_port()}", "-m", "monai.bundle", "run",
-        "--config_file", f"['{TRAIN_JSON}','{MULTI_GPU_JSON}']", "--logging_file", str(BUNDLE / "configs" / "logging.conf"),
-        "--backend", "gloo", "--bundle_root", str(tmp_path), "--data_source", str(dataset), "--variant", "tiny",
-        "--ckpt_path", "$None", "--num_workers", "0", "--cache", "none", "--batch_size", "1", "--epochs", "1",
-        "--train#slices", two_slices,
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={_free_port()}",
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        f"['{TRAIN_JSON}','{MULTI_GPU_JSON}']",
+        "--logging_file",
+        str(BUNDLE / "configs" / "logging.conf"),
+        "--backend",
+        "gloo",
+        "--bundle_root",
+        str(tmp_path),
+        "--data_source",
+        str(dataset),
+        "--variant",
+        "tiny",
+        "--ckpt_path",
+        "$None",
+        "--num_workers",
+        "0",
+        "--cache",
+        "none",
+        "--batch_size",
+        "1",
+        "--epochs",
+        "1",
+        "--train#slices",
+        two_slices,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=400, cwd=BUNDLE, check=False)

@@ -22,18 +22,25 @@ from medsam_monai.transforms import (
     CTWindowd,
     IntensityForModality,
     IntensityForModalityd,
+    LoadVolume,
+    LoadVolumed,
     MRNormalize,
     MRNormalized,
     PrepareSlice,
     PrepareSliced,
+    SamNormalize,
+    SamNormalized,
     ct_window,
+    mask_probabilities,
     mr_normalize,
     parse_window,
     postprocess_logits,
     prepare_slice,
     prepare_slices,
+    sam_normalize,
     scale_box_from_model,
     scale_box_to_model,
+    upscale_masks,
 )
 
 NIB_DATA = os.path.join(os.path.dirname(nib.__file__), "tests", "data")
@@ -251,13 +258,9 @@ def test_parse_window():
 
 def _mr_reference(image_data: np.ndarray) -> np.ndarray:
     """pre_CT_MR.py's MR branch, verbatim."""
-    lower_bound, upper_bound = np.percentile(image_data[image_data > 0], 0.5), np.percentile(
-        image_data[image_data > 0], 99.5
-    )
+    lower_bound, upper_bound = np.percentile(image_data[image_data > 0], 0.5), np.percentile(image_data[image_data > 0], 99.5)
     image_data_pre = np.clip(image_data, lower_bound, upper_bound)
-    image_data_pre = (
-        (image_data_pre - np.min(image_data_pre)) / (np.max(image_data_pre) - np.min(image_data_pre)) * 255.0
-    )
+    image_data_pre = (image_data_pre - np.min(image_data_pre)) / (np.max(image_data_pre) - np.min(image_data_pre)) * 255.0
     image_data_pre[image_data == 0] = 0
     return np.uint8(image_data_pre)
 
@@ -377,3 +380,179 @@ def test_dictionary_twins(ct_hu, mr_volume):
     assert torch.equal(out["image"], prepare_slice(slice_2d, size=64))
     with pytest.raises(KeyError):
         PrepareSliced(keys="missing")({"image": slice_2d})
+
+
+# ------------------------------------------------------------------------------------------
+# SAM's own normalisation (for SAM checkpoints): one home, against transformers' SamProcessor
+# ------------------------------------------------------------------------------------------
+
+
+def test_sam_normalize_matches_transformers_sam_processor(ct_hu):
+    from transformers import SamImageProcessor
+
+    grey = ct_window(ct_hu)  # a real CT slice as uint8
+    rgb = np.repeat(grey[..., None], 3, axis=-1)  # (H, W, 3), as SAM takes a grey image
+    processor = SamImageProcessor(do_resize=False, do_pad=False)  # rescale 1/255, then ImageNet mean/std
+    reference = processor(images=rgb, return_tensors="np")["pixel_values"][0]  # (3, H, W)
+    chw = np.moveaxis(rgb, -1, 0).astype(np.float32)
+    np.testing.assert_allclose(sam_normalize(chw), reference, atol=1e-5)
+    batch = torch.from_numpy(chw)[None]
+    torch.testing.assert_close(SamNormalize()(batch)[0], torch.from_numpy(reference), atol=1e-5, rtol=0)
+    out = SamNormalized(keys=["image", "missing"], allow_missing_keys=True)({"image": torch.from_numpy(chw)})
+    torch.testing.assert_close(out["image"], torch.from_numpy(reference), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="expected RGB images"):
+        sam_normalize(grey)
+
+
+def test_network_holds_no_pre_or_post_processing():
+    """SAM's normalisation and the mask upscale have one home each, in the transforms (not on ``Sam``)."""
+    from medsam_monai.networks import Sam, build_sam_variant
+
+    assert not hasattr(Sam, "normalize") and not hasattr(Sam, "upscale_logits")
+    assert not any(name.startswith("pixel_") for name, _ in build_sam_variant("tiny").named_buffers())
+
+
+def test_one_mask_upscale_for_inference_and_training():
+    from medsam_monai.networks import build_sam_variant
+    from medsam_monai.training import MedSAMTrainNet
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 1, 256, 256)
+    reference = torch.nn.functional.interpolate(logits, size=(77, 131), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(upscale_masks(logits, (77, 131)), reference, atol=0, rtol=0)
+    torch.testing.assert_close(mask_probabilities(logits, (77, 131)), upscale_masks(torch.sigmoid(logits), (77, 131)))
+    net = MedSAMTrainNet(build_sam_variant("tiny")).eval()
+    images, boxes = torch.rand(1, 1, 1024, 1024), torch.tensor([[100.0, 100.0, 600.0, 700.0]])
+    with torch.inference_mode():
+        low_res, _ = net.decode(net.encode_image(images.expand(-1, 3, -1, -1)), boxes=boxes)
+        assert torch.equal(net(images, boxes), upscale_masks(low_res, (1024, 1024)))
+    with pytest.raises(ValueError, match="expected masks"):
+        upscale_masks(logits[0], (10, 10))
+
+
+# ------------------------------------------------------------------------------------------
+# loading: MetaTensors with their affine, DICOM series chosen by a case's series_uid
+# ------------------------------------------------------------------------------------------
+
+
+def _two_series_folder(folder):
+    """A DICOM folder holding two 3-slice series built from pydicom's CT_small.dcm (the second 100 mm higher)."""
+    from pydicom.uid import generate_uid
+
+    folder.mkdir()
+    uids = []
+    for series in range(2):
+        uids.append(generate_uid())
+        for n in range(3):
+            ds = pydicom.dcmread(pydicom.data.get_testdata_file("CT_small.dcm"))
+            ds.SeriesInstanceUID, ds.SOPInstanceUID, ds.InstanceNumber = uids[-1], generate_uid(), n + 1
+            position = [float(v) for v in ds.ImagePositionPatient]
+            position[2] += n * float(ds.SliceThickness) + 100.0 * series
+            ds.ImagePositionPatient = position
+            ds.save_as(folder / f"s{series}_{n}.dcm")
+    return uids
+
+
+def test_load_volumed_reads_the_series_a_case_names(tmp_path):
+    from medsam_monai.io import read_volume
+
+    folder = tmp_path / "study"
+    uids = _two_series_folder(folder)
+    for uid in uids:
+        out = LoadVolumed(keys="image")({"image": str(folder), "series_uid": uid})
+        expected = read_volume(folder, series_uid=uid)
+        assert isinstance(out["image"], MetaTensor) and out["image"].shape == expected.shape
+        np.testing.assert_array_equal(out["image"].affine.numpy(), expected.affine)
+        np.testing.assert_array_equal(out["image"].numpy(), expected.array)
+    assert (
+        LoadVolumed(keys="image")({"image": str(folder), "series_uid": uids[0]})["image"].affine[2, 3]
+        != LoadVolumed(keys="image")({"image": str(folder), "series_uid": uids[1]})["image"].affine[2, 3]
+    )
+    with pytest.raises(ValueError, match="holds 2 DICOM series"):
+        LoadVolumed(keys="image")({"image": str(folder)})
+    with pytest.raises(ValueError, match="'series_uid' must be a DICOM series UID"):
+        LoadVolumed(keys="image")({"image": str(folder), "series_uid": 7})
+    np.testing.assert_array_equal(LoadVolume(series_uid=uids[1])(folder).affine.numpy(), read_volume(folder, uids[1]).affine)
+
+
+def test_load_volumed_names_a_missing_path_and_allows_missing_keys():
+    image = os.path.join(NIB_DATA, "anatomical.nii")
+    with pytest.raises(ValueError, match="no 'label' given; this run reads 'image' and 'label'"):
+        LoadVolumed(keys=["image", "label"])({"image": image})
+    out = LoadVolumed(keys=["image", "label"], allow_missing_keys=True)({"image": image})
+    assert "label" not in out and out["image"].meta["filename_or_obj"] == image
+
+
+# ------------------------------------------------------------------------------------------
+# one transforms package: every transform in it, old homes re-export the same objects
+# ------------------------------------------------------------------------------------------
+
+
+def test_bundle_and_training_transforms_live_in_the_transforms_package():
+    import medsam_monai.bundle as bundle
+    import medsam_monai.training as training
+    import medsam_monai.transforms as transforms
+    from medsam_monai.segment import VoxelBox as SegmentVoxelBox
+    from medsam_monai.transforms import array, dictionary
+
+    for name in ("LoadVolume", "BoxesFromLabel", "CTWindow", "MRNormalize", "IntensityForModality", "PrepareSlice"):
+        assert getattr(transforms, name) is getattr(array, name)
+    for name in ("LoadVolumed", "PromptBoxesd", "BoxesFromLabeld", "SaveLabelVolumed", "LoadSliced", "RandBoxPromptd"):
+        assert getattr(transforms, name) is getattr(dictionary, name)
+    for name in (
+        "LoadVolume",
+        "LoadVolumed",
+        "PromptBoxesd",
+        "BoxesFromLabel",
+        "BoxesFromLabeld",
+        "SaveLabelVolumed",
+        "boxes_from_prompts",
+        "case_name",
+    ):
+        assert getattr(bundle, name) is getattr(transforms, name)  # the configs' first _target_ paths still work
+    for name in ("LoadSliced", "RandBoxPromptd", "present_labels", "resize_label", "tight_boxes", "display_volumes"):
+        assert getattr(training, name) is getattr(transforms, name)
+    assert SegmentVoxelBox is transforms.VoxelBox
+
+
+def test_transforms_know_nothing_of_the_network():
+    import subprocess
+    import sys
+
+    code = "import sys, medsam_monai.transforms; print(sorted(m for m in sys.modules if m.startswith('medsam_monai.')))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    for module in (
+        "medsam_monai.networks",
+        "medsam_monai.predictor",
+        "medsam_monai.segment",
+        "medsam_monai.checkpoints",
+        "medsam_monai.bundle",
+        "medsam_monai.training",
+    ):
+        assert f"'{module}'" not in loaded, loaded
+
+
+def test_no_module_imports_a_private_name_from_another():
+    import ast
+    from pathlib import Path
+
+    import medsam_monai
+
+    package = Path(medsam_monai.__file__).parent
+    checked = [
+        *package.glob("transforms/*.py"),
+        *package.glob("bundle/*.py"),
+        package / "training" / "data.py",
+        package / "training" / "network.py",
+        package / "segment.py",
+    ]
+    offenders = []
+    for path in checked:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module != "__future__":
+                offenders += [
+                    f"{path.relative_to(package)}: {alias.name}"
+                    for alias in node.names
+                    if alias.name.startswith("_") and not alias.name.startswith("__")
+                ]
+    assert len(checked) > 10 and offenders == []

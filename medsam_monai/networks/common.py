@@ -37,9 +37,7 @@ class MLPBlock(nn.Module):
 class MLP(nn.Module):
     """``num_layers`` linear layers with ReLU between them (the mask decoder's heads)."""
 
-    def __init__(
-        self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int, sigmoid_output: bool = False
-    ) -> None:
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int, sigmoid_output: bool = False) -> None:
         super().__init__()
         dims_in = [input_dim] + [hidden_dim] * (num_layers - 1)
         dims_out = [hidden_dim] * (num_layers - 1) + [output_dim]

@@ -35,9 +35,7 @@ def get_rel_pos(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor
     """
     max_rel_dist = int(2 * max(q_size, k_size) - 1)
     if rel_pos.shape[0] != max_rel_dist:
-        rel_pos = F.interpolate(
-            rel_pos.reshape(1, rel_pos.shape[0], -1).permute(0, 2, 1), size=max_rel_dist, mode="linear"
-        )
+        rel_pos = F.interpolate(rel_pos.reshape(1, rel_pos.shape[0], -1).permute(0, 2, 1), size=max_rel_dist, mode="linear")
         rel_pos = rel_pos.reshape(-1, max_rel_dist).permute(1, 0)
     q_coords = torch.arange(q_size, device=rel_pos.device)[:, None] * max(k_size / q_size, 1.0)
     k_coords = torch.arange(k_size, device=rel_pos.device)[None, :] * max(q_size / k_size, 1.0)
@@ -146,10 +144,12 @@ def _sdpa_with_rel_pos(
     if chunk >= n:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=_expand_bias(rel_h, rel_w))
     # Concatenated rather than written into a preallocated tensor, so autograd sees plain ops.
-    return torch.cat([
-        F.scaled_dot_product_attention(q[part], k[part], v[part], attn_mask=_expand_bias(rel_h[part], rel_w[part]))
-        for part in (slice(start, start + chunk) for start in range(0, n, chunk))
-    ])
+    return torch.cat(
+        [
+            F.scaled_dot_product_attention(q[part], k[part], v[part], attn_mask=_expand_bias(rel_h[part], rel_w[part]))
+            for part in (slice(start, start + chunk) for start in range(0, n, chunk))
+        ]
+    )
 
 
 def _expand_bias(rel_h: torch.Tensor, rel_w: torch.Tensor) -> torch.Tensor:
@@ -226,9 +226,7 @@ def window_partition(x: torch.Tensor, window_size: int) -> tuple[torch.Tensor, t
     return windows, (hp, wp)
 
 
-def window_unpartition(
-    windows: torch.Tensor, window_size: int, pad_hw: tuple[int, int], hw: tuple[int, int]
-) -> torch.Tensor:
+def window_unpartition(windows: torch.Tensor, window_size: int, pad_hw: tuple[int, int], hw: tuple[int, int]) -> torch.Tensor:
     """Inverse of :func:`window_partition`, dropping the padding: -> (B, H, W, C)."""
     hp, wp = pad_hw
     h, w = hw

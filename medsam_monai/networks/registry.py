@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 from torch import nn
 
 from .image_encoder import ImageEncoderViT
@@ -39,7 +40,14 @@ SAM_VARIANTS: dict[str, SamVariant] = {
     # the grid without padding: a global block over 4096 tokens would cost more than all the rest
     # of the encoder (a CPU training step 3.2x slower: benchmarks/train_step_speed.py); the mask decoder still attends globally.
     "tiny": SamVariant(
-        64, 4, 4, (), prompt_embed_dim=64, decoder_mlp_dim=256, decoder_num_heads=4, iou_head_hidden_dim=64,
+        64,
+        4,
+        4,
+        (),
+        prompt_embed_dim=64,
+        decoder_mlp_dim=256,
+        decoder_num_heads=4,
+        iou_head_hidden_dim=64,
         window_size=16,
     ),
 }
@@ -92,5 +100,3 @@ def build_sam_from_spec(spec: SamVariant, name: str = "") -> Sam:
 def count_parameters(module: nn.Module) -> int:
     """Number of parameters (buffers excluded)."""
     return sum(p.numel() for p in module.parameters())
-
-

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .image_encoder import ImageEncoderViT
@@ -14,8 +13,9 @@ from .prompt_encoder import PromptEncoder
 class Sam(nn.Module):
     """Image encoder, prompt encoder and mask decoder with the original SAM parameter names.
 
-    ``pixel_mean``/``pixel_std`` are SAM's natural-image normalisation; they are not saved in
-    checkpoints and MedSAM does not use them (its input is a [0, 1] image). See :meth:`normalize`.
+    The network takes prepared images and prompts in the 1024 frame; everything around it (SAM's
+    pixel mean/std normalisation, which MedSAM does not use, and the upscale of the decoder's masks)
+    is in :mod:`medsam_monai.transforms` (``sam_normalize``, ``upscale_masks``).
     """
 
     def __init__(
@@ -23,8 +23,6 @@ class Sam(nn.Module):
         image_encoder: ImageEncoderViT,
         prompt_encoder: PromptEncoder,
         mask_decoder: MaskDecoder,
-        pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53),
-        pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375),
         variant: str = "",
     ) -> None:
         super().__init__()
@@ -32,17 +30,11 @@ class Sam(nn.Module):
         self.prompt_encoder = prompt_encoder
         self.mask_decoder = mask_decoder
         self.variant = variant
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), persistent=False)
 
     @property
     def image_size(self) -> int:
         """Side of the square network input (1024)."""
         return self.image_encoder.img_size
-
-    def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """SAM's input normalisation for natural RGB images in [0, 255] (not used by MedSAM)."""
-        return (images - self.pixel_mean) / self.pixel_std
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, 1024, 1024) prepared images -> (B, C, 64, 64) image embeddings."""
@@ -93,8 +85,3 @@ class Sam(nn.Module):
         """MedSAM's forward: B prepared images, prompts grouped by image -> (P, M, 256, 256) logits."""
         logits, _ = self.decode(self.encode_image(images), boxes, points, mask_inputs, multimask_output)
         return logits
-
-    @staticmethod
-    def upscale_logits(low_res_logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """One bilinear resize (align_corners=False) of (P, M, 256, 256) logits to ``size`` (H, W)."""
-        return F.interpolate(low_res_logits, size=size, mode="bilinear", align_corners=False)

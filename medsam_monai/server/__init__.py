@@ -1,7 +1,7 @@
 """The inference server behind the 3D Slicer extension: ``medsam serve`` (FastAPI + uvicorn).
 
-``create_app(predictor, settings)`` builds the app; ``add_serve_command(subparsers)`` registers
-``medsam serve``. FastAPI is imported only when the app is built, so the ``medsam`` command works
+``create_app(predictor, settings)`` builds the app; the ``medsam serve`` command is
+:mod:`medsam_monai.cli.serve`. FastAPI is imported only when the app is built, so the ``medsam`` command works
 without the ``serve`` extra.
 """
 
@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .command import add_serve_command
 from .settings import ServerSettings
 
 if TYPE_CHECKING:
     from .app import create_app
 
-__all__ = ["ServerSettings", "add_serve_command", "create_app"]
+__all__ = ["ServerSettings", "create_app"]
 
 
 def __getattr__(name: str):

@@ -10,6 +10,7 @@ from .. import __version__
 from ..predictor import MedSAMPredictor
 from .errors import install_error_handlers
 from .guard import RequestGuard
+from .models import CreateSession
 from .routers import health, sessions
 from .settings import ServerSettings
 from .state import ServerState
@@ -41,11 +42,29 @@ def create_app(predictor: MedSAMPredictor, settings: ServerSettings | None = Non
         finally:
             state.close()
 
-    app = FastAPI(title="medsam-monai inference server", version=__version__, description=DESCRIPTION,
-                  lifespan=lifespan)
+    app = FastAPI(title="medsam-monai inference server", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.server = state
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(sessions.router)
-    app.add_middleware(RequestGuard, settings=settings)
+    app.add_middleware(RequestGuard, settings=settings, shutting_down=state.shutting_down)
+    _document_upload_body(app)
     return app
+
+
+def _document_upload_body(app: FastAPI) -> None:
+    """Put the upload's request model in the OpenAPI components: its handler parses the body
+    itself (to free it early), so FastAPI does not see the model."""
+    generate = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = generate()
+            upload = CreateSession.model_json_schema(ref_template="#/components/schemas/{model}")
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for name, definition in upload.pop("$defs", {}).items():
+                components.setdefault(name, definition)
+            components[CreateSession.__name__] = upload
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -7,6 +7,8 @@ unexpected failure is a 500 saying only its type and message (the traceback goes
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -32,23 +34,33 @@ def error_response(status: int, code: str, detail: str, headers: dict[str, str] 
 
 
 def unauthorized() -> ApiError:
-    return ApiError(401, "unauthorized", "missing or wrong token: send the header 'Authorization: Bearer <token>'",
-                    {"WWW-Authenticate": "Bearer"})
+    return ApiError(
+        401,
+        "unauthorized",
+        "missing or wrong token: send the header 'Authorization: Bearer <token>'",
+        {"WWW-Authenticate": "Bearer"},
+    )
 
 
-def _validation_message(err: RequestValidationError) -> str:
+def validation_message(errors: Sequence[Mapping[str, Any]]) -> str:
     """Pydantic's errors as one line: ``volume.shape: List should have at least 3 items; ...``."""
     parts = []
-    for item in err.errors()[:5]:
+    for item in errors[:5]:
         location = ".".join(str(p) for p in item.get("loc", ()) if p != "body")
         message = str(item.get("msg", "invalid")).removeprefix("Value error, ")
         parts.append(f"{location}: {message}" if location else message)
-    more = len(err.errors()) - len(parts)
+    more = len(errors) - len(parts)
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 
 
-_CODES = {400: "invalid_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
-          413: "payload_too_large", 422: "invalid_request"}
+_CODES = {
+    400: "invalid_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    422: "invalid_request",
+}
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -58,7 +70,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, err: RequestValidationError) -> JSONResponse:
-        return error_response(422, "invalid_request", _validation_message(err))
+        return error_response(422, "invalid_request", validation_message(err.errors()))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, err: StarletteHTTPException) -> JSONResponse:

@@ -63,8 +63,17 @@ class Job:
 class JobRunner:
     """Runs jobs on a thread pool through ``run(plan, progress, cancel) -> SegmentOutcome``."""
 
-    def __init__(self, run: Callable[..., SegmentOutcome], workers: int, max_per_session: int) -> None:
+    def __init__(
+        self,
+        run: Callable[..., SegmentOutcome],
+        workers: int,
+        max_per_session: int,
+        stopping: threading.Event | None = None,
+        on_freed: Callable[[], None] | None = None,
+    ) -> None:
         self._run = run
+        self._stopping = stopping or threading.Event()  # the server is shutting down: every job stops
+        self._on_freed = on_freed or (lambda: None)  # told when a job let go of a closed session's arrays
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="medsam-job")
         self._max_per_session = max_per_session
         self._lock = threading.Lock()
@@ -75,28 +84,42 @@ class JobRunner:
         with self._lock:
             unfinished = sum(1 for j in list(session.jobs.values()) if not j.finished)
             if unfinished >= self._max_per_session:
-                raise TooManyJobs(f"session has {unfinished} unfinished jobs (at most {self._max_per_session}); "
-                                  "wait for one or cancel it")
+                raise TooManyJobs(
+                    f"session has {unfinished} unfinished jobs (at most {self._max_per_session}); wait for one or cancel it"
+                )
             session.jobs[job.id] = job
             _forget_old_jobs(session.jobs)
         self._pool.submit(self._execute, job)
         return job
 
     def _execute(self, job: Job) -> None:
+        closed = self._run_job(job)
+        if closed.is_set():  # this job held the last references to its session's arrays: let them go
+            job.plan = None  # type: ignore[assignment]
+            self._on_freed()
+
+    def _run_job(self, job: Job) -> threading.Event:
+        """Run ``job`` to its end state; its session's ``closed`` event."""
         session = job.plan.session
-        cancel = cancel_check(job.cancel_requested, session.closed)
+        cancel = cancel_check(job.cancel_requested, session.closed, self._stopping)
         try:
-            outcome = self._run(job.plan, progress=job.progress, cancel=cancel,
-                                on_start=lambda: job.set_state("running"))
+            outcome = self._run(job.plan, progress=job.progress, cancel=cancel, on_start=lambda: job.set_state("running"))
         except Cancelled:
-            reason = "the session was closed" if session.closed.is_set() else "cancelled by the client"
-            job.set_state("cancelled", reason)
+            job.set_state("cancelled", self._cancel_reason(job))
         except Exception as err:  # noqa: BLE001 - a failed job reports, the worker lives on
             log.exception("job %s of session %s failed", job.id, session.id)
             job.set_state("failed", f"internal error: {type(err).__name__}: {err}")
         else:
             job.progress(job.total, job.total)
             job.set_state("done", outcome=outcome)
+        return session.closed
+
+    def _cancel_reason(self, job: Job) -> str:
+        if job.plan.session.closed.is_set():
+            return "the session was closed"
+        if self._stopping.is_set() and not job.cancel_requested.is_set():
+            return "the server is shutting down"
+        return "cancelled by the client"
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

@@ -9,9 +9,15 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from .codec import COMPRESSIONS, DTYPES
 
 Axis = Literal["axial", "coronal", "sagittal"]
-Finite = Annotated[float, Field(allow_inf_nan=False)]
-Index = Annotated[int, Field(ge=0)]
-Size = Annotated[int, Field(ge=1)]
+
+# Every number a request carries is bounded here, so that no arithmetic on it can overflow (a box
+# index of 10**30 or a RAS point of 1.7e308 mm used to end in a 500). The bounds are far beyond
+# any real image: 2**31 - 1 voxels along an axis, 1e9 mm (1000 km) for coordinates and windows.
+MAX_INDEX = 2**31 - 1
+MAX_MM = 1e9
+Finite = Annotated[float, Field(allow_inf_nan=False, ge=-MAX_MM, le=MAX_MM)]
+Index = Annotated[int, Field(ge=0, le=MAX_INDEX)]
+Size = Annotated[int, Field(ge=1, le=MAX_INDEX)]
 
 
 class _Request(BaseModel):
@@ -28,6 +34,12 @@ class EncodedArray(_Request):
     compression: Literal[COMPRESSIONS] = "zlib"  # type: ignore[valid-type]
     data: str = Field(description="base64 of the (compressed) bytes")
 
+    def __repr__(self) -> str:  # never the megabytes of data (in a log line, a traceback)
+        return (
+            f"EncodedArray(dtype={self.dtype!r}, shape={self.shape}, compression={self.compression!r}, "
+            f"data=<{len(self.data)} chars>)"
+        )
+
 
 class CreateSession(_Request):
     """Upload a volume once; segmentation requests then refer to its session."""
@@ -38,7 +50,7 @@ class CreateSession(_Request):
         Field(min_length=4, max_length=4, description="4x4 matrix from voxel indices (i, j, k, 1) to RAS mm"),
     ]
     modality: Literal["ct", "mr"] = "ct"
-    window: str | tuple[Finite, Finite] | None = Field(
+    window: Annotated[str, Field(max_length=64)] | tuple[Finite, Finite] | None = Field(
         None, description="CT window: abdomen (default), lung, brain, mediastinum, bone, 'LEVEL,WIDTH' or [level, width]"
     )
     prefetch: bool = Field(True, description="encode slices in the background, nearest to the focus first")
@@ -139,5 +151,7 @@ class JobStatus(BaseModel):
 
 class ErrorBody(BaseModel):
     detail: str = Field(description="what was wrong, in one line")
-    code: str = Field(description="machine-readable: unauthorized, session_not_found, job_not_found, invalid_request, "
-                                  "payload_too_large, busy, conflict, forbidden_host, internal_error")
+    code: str = Field(
+        description="machine-readable: unauthorized, session_not_found, job_not_found, invalid_request, "
+        "payload_too_large, busy, conflict, forbidden_host, timeout, shutting_down, internal_error"
+    )

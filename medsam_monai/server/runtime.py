@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 from ..embedding_cache import EmbeddingCache
 from ..orientation import ijk_to_display_index
-from ..predictor import MedSAMPredictor
+from ..predictor import Cancelled, MedSAMPredictor
 from .sessions import Session
 
 log = logging.getLogger("medsam_monai.server")
@@ -31,6 +31,7 @@ class ModelGate:
     - ``background()``: one prefetch batch, only when no request is under way or waiting.
 
     A user's request thus waits at most for the one network call already running.
+    ``refuse_waiting()`` (the server is stopping) ends every wait with :class:`Cancelled`.
     """
 
     def __init__(self) -> None:
@@ -38,6 +39,13 @@ class ModelGate:
         self._busy = False  # a network call is running
         self._waiting = 0  # request calls waiting for the network
         self._requests = 0  # requests under way
+        self._refusing = False
+
+    def refuse_waiting(self) -> None:
+        """From now on, a call that would wait for the network raises :class:`Cancelled` instead."""
+        with self._cond:
+            self._refusing = True
+            self._cond.notify_all()
 
     @contextmanager
     def request(self) -> Iterator[None]:
@@ -56,6 +64,8 @@ class ModelGate:
             self._waiting += 1
             try:
                 while self._busy:
+                    if self._refusing:
+                        raise Cancelled("the server is shutting down")
                     self._cond.wait()
             finally:
                 self._waiting -= 1
@@ -69,11 +79,11 @@ class ModelGate:
     def background(self, give_up: threading.Event | None = None) -> Iterator[bool]:
         """Yields True once held, or False when ``give_up`` was set while waiting."""
         with self._cond:
-            while self._busy or self._waiting or self._requests:
-                if give_up is not None and give_up.is_set():
+            while self._busy or self._waiting or self._requests or self._refusing:
+                if self._refusing or (give_up is not None and give_up.is_set()):
                     break
                 self._cond.wait(timeout=0.5)  # closing a session does not notify: look again
-            held = not (self._busy or self._waiting or self._requests)
+            held = not (self._busy or self._waiting or self._requests or self._refusing)
             if held:
                 self._busy = True
         try:
@@ -224,6 +234,8 @@ class Prefetcher:
                 continue
             try:
                 self._encode(session, axis, batch)
+            except Cancelled:  # the session closed between the check and the encoding
+                self.forget(session.id)
             except Exception:  # noqa: BLE001 - background work must never kill the thread
                 log.exception("background encoding of session %s failed; it stops", session.id)
                 self.forget(session.id)
@@ -242,4 +254,3 @@ class Prefetcher:
         if session.closed.is_set() and isinstance(self.predictor.cache, SessionEmbeddingCache):
             self.predictor.cache.discard_session(session.id)  # it closed while this batch ran
         self._embedding_bytes = embeddings[0].numel() * embeddings[0].element_size()
-

@@ -8,6 +8,7 @@ lie on.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -76,7 +77,8 @@ def plan_segment(session: Session, request: SegmentRequest) -> SegmentPlan:
     if request.box is not None:
         box_ijk = check_voxel_box(request.box, session.shape)
     else:
-        box_ijk = ras_box_to_voxel_box(request.box_ras, Volume(session.intensities, session.affine))  # type: ignore[arg-type]
+        ras_box = clipped_to_image(request.box_ras, session.affine, session.shape)  # type: ignore[arg-type]
+        box_ijk = ras_box_to_voxel_box(ras_box, Volume(session.intensities, session.affine))
     layout = session.layout(request.axis)
     box = box_ijk_to_display(box_ijk, session.shape, layout)
     s0, s1 = box[0], box[3]
@@ -86,9 +88,25 @@ def plan_segment(session: Session, request: SegmentRequest) -> SegmentPlan:
     for point, given in zip(points, request.points):
         if not first <= point.slice <= last:
             where = f"ijk {given.ijk}" if given.ijk is not None else f"ras {given.ras} mm"
-            raise ValueError(f"point at {where} lies on {request.axis} slice {point.slice}, outside the segmented "
-                             f"slices {first}..{last} of the box")
+            raise ValueError(
+                f"point at {where} lies on {request.axis} slice {point.slice}, outside the segmented "
+                f"slices {first}..{last} of the box"
+            )
     return SegmentPlan(session, request.axis, layout, box, first, last, request.label, request.propagate, points)
+
+
+def clipped_to_image(ras_box: Sequence[float], affine: np.ndarray, shape: Sequence[int], margin_mm: float = 1.0) -> list[float]:
+    """An RAS box ``(x0, y0, z0, x1, y1, z1)`` cut to the RAS bounding box of the image's voxel
+    centres (plus ``margin_mm``): the same voxel centres lie inside, and the numbers stay small
+    enough for voxel arithmetic whatever the request said. ValueError when it misses the image."""
+    given = np.asarray(ras_box, dtype=np.float64)
+    lo, hi = np.minimum(given[:3], given[3:]), np.maximum(given[:3], given[3:])
+    corners = np.array(list(itertools.product(*[(0, n - 1) for n in shape])), dtype=np.float64)
+    centres = corners @ affine[:3, :3].T + affine[:3, 3]
+    image_lo, image_hi = centres.min(axis=0) - margin_mm, centres.max(axis=0) + margin_mm
+    if np.any(hi < image_lo) or np.any(lo > image_hi):
+        raise ValueError(f"RAS box {tuple(float(v) for v in ras_box)} mm contains no voxel centre of the image")
+    return [*np.maximum(lo, image_lo).tolist(), *np.minimum(hi, image_hi).tolist()]
 
 
 def _display_point(point: Point, session: Session, layout: DisplayLayout) -> DisplayPoint:
@@ -97,10 +115,13 @@ def _display_point(point: Point, session: Session, layout: DisplayLayout) -> Dis
         if any(v >= n for v, n in zip(ijk, session.shape)):
             raise ValueError(f"point {list(ijk)} is outside the image (voxel indices 0..{[n - 1 for n in session.shape]})")
     else:
-        continuous = np.linalg.inv(session.affine) @ np.array([*point.ras, 1.0])  # type: ignore[misc]
-        ijk = tuple(int(v) for v in np.rint(continuous[:3]))
-        if any(v < 0 or v >= n for v, n in zip(ijk, session.shape)):
-            raise ValueError(f"point at RAS {point.ras} mm is outside the image (nearest voxel {list(ijk)})")
+        continuous = (np.linalg.inv(session.affine) @ np.array([*point.ras, 1.0]))[:3]  # type: ignore[misc]
+        nearest = np.rint(continuous)
+        # Checked before turning into integers: a far point must be "outside", not an overflow.
+        if not np.all(np.isfinite(nearest)) or np.any(nearest < 0) or np.any(nearest >= session.shape):
+            last = [n - 1 for n in session.shape]
+            raise ValueError(f"point at RAS {point.ras} mm is outside the image (voxel indices 0..{last})")
+        ijk = tuple(int(v) for v in nearest)
     s, r, c = ijk_to_display_index(ijk, session.shape, layout)
     return DisplayPoint(s, r, c, point.positive)
 
@@ -141,8 +162,9 @@ def _segment_key_slice(predictor: MedSAMPredictor, display: np.ndarray, key: obj
     """The box (and points) on the key slice only: what the 3D propagation starts from."""
     s0, r0, c0, s1, r1, c1 = plan.box
     coords, point_labels = _prompt_points(plan.points)
-    prediction = predictor.predict_slice(display, plan.first, box=(c0, r0, c1, r1), points=coords,
-                                         point_labels=point_labels, volume_key=key)
+    prediction = predictor.predict_slice(
+        display, plan.first, box=(c0, r0, c1, r1), points=coords, point_labels=point_labels, volume_key=key
+    )
     labels = np.zeros(display.shape, dtype=np.uint8)
     labels[plan.first][prediction.masks[0]] = plan.label
     return labels
@@ -170,8 +192,9 @@ def _propagate_with_points(
         (embedding,) = predictor.slice_embeddings(display, [z], volume_key=key)
         box = predictor._propagated_box(masks.get(previous), user_box, display.shape[1:], PROPAGATION_MARGIN_1024)
         coords, point_labels = _prompt_points(by_slice.get(z, []))
-        masks[z] = predictor.predict_from_embedding(embedding, display.shape[1:], box=box, points=coords,
-                                                    point_labels=point_labels, box_in_model_frame=True).masks[0]
+        masks[z] = predictor.predict_from_embedding(
+            embedding, display.shape[1:], box=box, points=coords, point_labels=point_labels, box_in_model_frame=True
+        ).masks[0]
         labels[z][masks[z]] = plan.label
         if progress is not None:
             progress(step, len(order))

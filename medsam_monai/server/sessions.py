@@ -18,9 +18,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..orientation import DisplayLayout, display_layout, to_display
+from ..predictor import Cancelled
 
 # Bytes a session is charged per voxel: its uint8 intensities and up to three display copies.
 BYTES_PER_VOXEL = 4
+
+_FULL_OF_BUSY_SESSIONS = "the server's session memory is full of sessions with running jobs; try again later"
 
 # How many removed session ids are remembered, to say "expired" or "closed" instead of "unknown".
 _TOMBSTONES = 1024
@@ -67,8 +70,14 @@ class Session:
 
     def display(self, axis: str) -> tuple[DisplayLayout, np.ndarray]:
         """The layout and the contiguous display array ``[slice, row, col]`` along ``axis``
-        (made once: the network reads whole slices, which a strided view makes slow)."""
+        (made once: the network reads whole slices, which a strided view makes slow).
+
+        Raises:
+            Cancelled: the session is closed (its memory is being given back, not made again).
+        """
         with self._lock:
+            if self.closed.is_set():
+                raise Cancelled("the session was closed")
             if axis not in self._displays:
                 layout = display_layout(self.affine, axis)
                 self._displays[axis] = (layout, np.ascontiguousarray(to_display(self.intensities, layout)))
@@ -78,6 +87,15 @@ class Session:
         """True while a request or a job works on it: such a session neither expires nor is
         dropped for room."""
         return self.active > 0 or any(not job.finished for job in list(self.jobs.values()))
+
+    def release(self) -> None:
+        """Drop what a closed session holds beyond its intensities: the display copies (3 bytes per
+        voxel) and its jobs, whose plans point back at it (a reference cycle would keep the arrays
+        until Python's cycle collector happens to run). Requests still running keep their own
+        references until they end."""
+        with self._lock:
+            self._displays.clear()
+        self.jobs.clear()
 
     @contextmanager
     def in_use(self) -> Iterator[None]:
@@ -120,12 +138,23 @@ class SessionStore:
         with self._lock:
             return sum(s.nbytes for s in self._sessions.values())
 
+    def check_room(self, nbytes: int) -> None:
+        """Raise :class:`StoreFull` when a session of ``nbytes`` could not be kept, even after dropping
+        every idle session (asked before an upload is decoded, so that a refusal costs no memory)."""
+        if nbytes > self.max_bytes:
+            raise StoreFull(
+                f"the volume needs {nbytes / 2**20:.0f} MB of session memory ({BYTES_PER_VOXEL} bytes per "
+                f"voxel) but the server holds at most {self.max_bytes / 2**20:.0f} MB of sessions",
+                too_large=True,
+            )
+        with self._lock:
+            busy = sum(s.nbytes for s in self._sessions.values() if s.busy())
+        if busy + nbytes > self.max_bytes:
+            raise StoreFull(_FULL_OF_BUSY_SESSIONS, too_large=False)
+
     def add(self, session: Session) -> None:
         """Keep ``session``, dropping least recently used idle sessions if it needs the room."""
-        if session.nbytes > self.max_bytes:
-            raise StoreFull(
-                f"the volume needs {session.nbytes / 2**20:.0f} MB of session memory ({BYTES_PER_VOXEL} bytes per "
-                f"voxel) but the server holds at most {self.max_bytes / 2**20:.0f} MB of sessions", too_large=True)
+        self.check_room(session.nbytes)
         evicted: list[Session] = []
         with self._lock:
             used = sum(s.nbytes for s in self._sessions.values())
@@ -136,8 +165,7 @@ class SessionStore:
                     used -= old.nbytes
                     evicted.append(self._pop(old.id, "dropped to make room for newer sessions"))
             if used + session.nbytes > self.max_bytes:
-                raise StoreFull("the server's session memory is full of sessions with running jobs; try again later",
-                                too_large=False)
+                raise StoreFull(_FULL_OF_BUSY_SESSIONS, too_large=False)
             session.last_used = self._clock()
             self._sessions[session.id] = session
         self._notify(evicted, "evicted")
@@ -163,7 +191,9 @@ class SessionStore:
     def remove(self, session_id: str, reason: str = "closed") -> Session:
         with self._lock:
             if session_id not in self._sessions:
-                raise SessionNotFound(f"unknown session {session_id!r} ({self._tombstones.get(session_id, 'never created here')})")
+                raise SessionNotFound(
+                    f"unknown session {session_id!r} ({self._tombstones.get(session_id, 'never created here')})"
+                )
             session = self._pop(session_id, reason)
         self._notify([session], reason)
         return session
@@ -188,6 +218,7 @@ class SessionStore:
     def _pop(self, session_id: str, reason: str) -> Session:
         session = self._sessions.pop(session_id)
         session.closed.set()
+        session.release()
         self._tombstones[session_id] = reason
         while len(self._tombstones) > _TOMBSTONES:
             self._tombstones.popitem(last=False)

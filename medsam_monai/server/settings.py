@@ -36,6 +36,17 @@ class ServerSettings:
         allowed_hosts: when set, requests whose Host header names another host are refused
             (a loopback server without a token is otherwise reachable by DNS rebinding).
         variant: the model variant's name, reported by ``/health``.
+        request_timeout_s: the most seconds a connection may take to send a request's headers
+            (from its opening, or from the previous answer), and to send each part of a body;
+            beyond it the connection gets 408 (if it had started a request) and is closed.
+        min_body_bytes_per_s: a body slower than this on average, after its first
+            ``request_timeout_s``, gets 408 (a client trickling bytes cannot hold a connection).
+        keep_alive_s: an idle connection is closed this long after its last answer.
+        max_connections: open connections at once (further capped by the open-file limit); when
+            they are all taken, the connection that has waited longest without sending a
+            request is closed to make room, and with none such a new connection gets 503.
+        shutdown_grace_s: on SIGTERM, how long running requests may take to end (they stop at
+            their next slice, with 503 ``shutting_down``) before they are cut off.
     """
 
     token: str | None = None
@@ -49,18 +60,31 @@ class ServerSettings:
     max_jobs_per_session: int = 4
     allowed_hosts: tuple[str, ...] | None = None
     variant: str | None = None
+    request_timeout_s: float = 10.0
+    min_body_bytes_per_s: float = 64 * 1024
+    keep_alive_s: float = 5.0
+    max_connections: int = 64
+    shutdown_grace_s: float = 5.0
 
     def __post_init__(self) -> None:
         if self.token is not None and not self.token:
             raise ValueError("the token cannot be empty (leave it unset for no auth)")
-        for name in ("max_upload_bytes", "max_volume_bytes", "max_sessions_bytes", "job_workers", "max_jobs_per_session"):
+        for name in (
+            "max_upload_bytes",
+            "max_volume_bytes",
+            "max_sessions_bytes",
+            "job_workers",
+            "max_jobs_per_session",
+            "max_connections",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("cache_bytes", "prefetch_slices"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} cannot be negative, got {getattr(self, name)}")
-        if not self.session_ttl_s > 0:
-            raise ValueError(f"session_ttl_s must be positive, got {self.session_ttl_s}")
+        for name in ("session_ttl_s", "request_timeout_s", "min_body_bytes_per_s", "keep_alive_s", "shutdown_grace_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
 
 LOOPBACK_HOST_NAMES = ("localhost", "127.0.0.1", "::1")

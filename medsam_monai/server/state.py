@@ -7,28 +7,46 @@ status and message the client gets.
 from __future__ import annotations
 
 import logging
+import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
 
 import numpy as np
+from pydantic import BaseModel, ValidationError
 
 from .. import __version__
 from ..checkpoints import detect_variant
-from ..io import Volume
 from ..orientation import check_affine
 from ..predictor import Cancelled, MedSAMPredictor
-from ..segment import normalized_volume
-from ..transforms import check_finite
-from .codec import CodecError, TooLarge, decode_array, encode_array
-from .errors import ApiError
+from .codec import CodecError, TooLarge, check_declared, decode_array, encode_array
+from .errors import ApiError, validation_message
+from .intake import IntakeBudget, IntakeBusy, check_normalisation, normalized_in_slabs, working_bytes
 from .jobs import Job, JobRunner, TooManyJobs
+from .memory import MemoryReleaser
 from .models import CreateSession, Health, JobStatus, Prefetch, SegmentRequest, SegmentResult, SessionInfo
 from .runtime import GatedPredictor, ModelGate, Prefetcher, SessionEmbeddingCache
 from .segmentation import SegmentOutcome, SegmentPlan, cancel_check, plan_segment, run_segment
-from .sessions import Session, SessionNotFound, SessionStore, StoreFull
+from .sessions import BYTES_PER_VOXEL, Session, SessionNotFound, SessionStore, StoreFull
 from .settings import ServerSettings
 
 log = logging.getLogger("medsam_monai.server")
+
+# Longest an upload waits for memory to decode in while others decode (then: 503, try again).
+INTAKE_WAIT_S = 120.0
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def parse_body(model: type[ModelT], holder: list[bytes | bytearray]) -> ModelT:
+    """The request body in ``holder`` (taken out of it, so that the raw bytes are freed as soon as
+    they are parsed) validated as ``model``; a 422 :class:`ApiError` in one line otherwise."""
+    raw = holder.pop()
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as err:
+        raise ApiError(422, "invalid_request", validation_message(err.errors())) from None
 
 
 class ServerState:
@@ -45,29 +63,47 @@ class ServerState:
         self.cache: SessionEmbeddingCache = predictor.cache
         self.gate = ModelGate()
         self.model = GatedPredictor(predictor, self.gate)  # what requests use; prefetching uses `predictor`
-        # Decoding and normalising an upload needs several times the volume's size for a moment.
-        self._upload_slots = threading.BoundedSemaphore(2)
+        # Set when the server begins to stop: running segmentations end at their next slice (503).
+        self.shutting_down = threading.Event()
+        # Uploads decode side by side only while their working memory fits in what the largest
+        # allowed one would need alone (uint8 voxels: the decoded bytes and the uint8 result).
+        self.intake = IntakeBudget(2 * settings.max_volume_bytes)
         self.variant = settings.variant or detect_variant(predictor.model.state_dict())
         self.store = SessionStore(settings.session_ttl_s, settings.max_sessions_bytes, on_remove=self._on_remove)
         self.prefetcher = Prefetcher(predictor, self.gate, settings.prefetch_slices)
-        self.jobs = JobRunner(self.run, settings.job_workers, settings.max_jobs_per_session)
+        # Freed memory goes back to the system once the server has been quiet for a second.
+        self.releaser = MemoryReleaser()
+        self.jobs = JobRunner(
+            self.run, settings.job_workers, settings.max_jobs_per_session, self.shutting_down, on_freed=self.releaser.soon
+        )
         self._stop = threading.Event()
         self._janitor = threading.Thread(target=self._expire_sessions, name="medsam-janitor", daemon=True)
         self._janitor.start()
 
     # ----- lifecycle ------------------------------------------------------------------------
 
+    def begin_shutdown(self) -> None:
+        """The server is stopping: refuse new requests (503 ``shutting_down``), end running
+        segmentations and jobs at their next slice, and stop waiting for the network."""
+        if not self.shutting_down.is_set():
+            log.info("shutting down: running segmentations stop at their next slice")
+        self.shutting_down.set()
+        self.gate.refuse_waiting()
+
     def close(self) -> None:
+        """Stop the background threads and drop every session (the app's lifespan ends)."""
         self._stop.set()
         self.store.clear()
         self.prefetcher.stop()
         self.jobs.shutdown()
         self._janitor.join(timeout=5)
+        self.releaser.stop()
 
     def _expire_sessions(self) -> None:
         period = max(0.05, min(self.settings.session_ttl_s / 4, 30.0))
         while not self._stop.wait(period):
-            self.store.expire()
+            if self.store.expire():
+                self.releaser.soon()
 
     def _on_remove(self, session: Session, reason: str) -> None:
         """Everything a session leaves behind goes with it (its jobs see ``session.closed``)."""
@@ -90,35 +126,82 @@ class ServerState:
 
     # ----- sessions -------------------------------------------------------------------------
 
+    def create_session_from_body(self, holder: list[bytes | bytearray]) -> Session:
+        """:meth:`create_session` of a raw JSON body (``holder``'s one item, taken out when parsed)."""
+        return self.create_session(parse_body(CreateSession, holder))
+
     def create_session(self, body: CreateSession) -> Session:
-        """Decode, normalise and keep an uploaded volume; start encoding it in the background."""
-        with self._upload_slots:
-            session = self._decoded_session(body)
-        focus = body.focus_ijk or [n // 2 for n in session.shape]
-        _check_voxel(focus, session.shape)
+        """Check, decode, normalise and keep an uploaded volume; start encoding it in the background.
+
+        Every limit is checked against the declared dtype and shape before anything is allocated,
+        and the working memory stays within :func:`~.intake.working_bytes` of the volume."""
+        affine, shape = self._checked_upload(body)
+        focus = body.focus_ijk or [n // 2 for n in shape]
+        _check_voxel(focus, shape)
         try:
-            self.store.add(session)
-        except StoreFull as err:
-            raise ApiError(413 if err.too_large else 503, "payload_too_large" if err.too_large else "busy", str(err)) from None
+            with self._decoding_memory(body, shape):
+                intensities = self._normalized(body)
+            session = Session(intensities, affine, dtype=body.volume.dtype, modality=body.modality)
+            try:
+                self.store.add(session)
+            except StoreFull as err:
+                raise _store_full(err) from None
+        finally:
+            self.releaser.soon()  # the decoding buffers, and sessions dropped to make room
         if body.prefetch:
             self.prefetcher.focus(session, body.focus_axis, tuple(focus))  # type: ignore[arg-type]
         return session
 
-    def _decoded_session(self, body: CreateSession) -> Session:
+    def _checked_upload(self, body: CreateSession) -> tuple[np.ndarray, tuple[int, int, int]]:
+        """The affine and shape of an upload once every check that needs no voxel has passed:
+        the declared size against ``max_volume_bytes`` and the session memory, the geometry, the
+        modality and window (4xx otherwise, before any byte is decoded)."""
+        volume = body.volume
         try:
-            array = decode_array(body.volume.model_dump(), self.settings.max_volume_bytes)
+            check_declared(volume.dtype, volume.shape, self.settings.max_volume_bytes)
         except TooLarge as err:
             raise ApiError(413, "payload_too_large", f"volume: {err}") from None
         except CodecError as err:
             raise ApiError(422, "invalid_request", f"volume: {err}") from None
         try:
-            affine = check_affine(np.array(body.ijk_to_ras, dtype=float))
-            check_finite(array)
-            window = list(body.window) if isinstance(body.window, tuple) else body.window
-            intensities = normalized_volume(Volume(array, affine), body.modality, window)
+            self.store.check_room(BYTES_PER_VOXEL * math.prod(volume.shape))
+        except StoreFull as err:
+            raise _store_full(err) from None
+        try:
+            affine = _check_spacing(check_affine(np.array(body.ijk_to_ras, dtype=float)))
+            check_normalisation(body.modality, _window(body))
         except ValueError as err:
             raise ApiError(422, "invalid_request", str(err)) from None
-        return Session(intensities, affine, dtype=body.volume.dtype, modality=body.modality)
+        return affine, tuple(volume.shape)  # type: ignore[return-value]
+
+    @contextmanager
+    def _decoding_memory(self, body: CreateSession, shape: tuple[int, int, int]) -> Iterator[None]:
+        """Hold the upload's working memory in the intake budget while it decodes (503 when the
+        budget stays full, or the server stops, while it waits)."""
+        needed = working_bytes(body.volume.dtype, math.prod(shape), body.modality)
+        try:
+            self.intake.acquire(needed, INTAKE_WAIT_S, give_up=self.shutting_down)
+        except IntakeBusy as err:
+            raise (_shutting_down() if self.shutting_down.is_set() else ApiError(503, "busy", str(err))) from None
+        try:
+            yield
+        finally:
+            self.intake.release(needed)
+
+    def _normalized(self, body: CreateSession) -> np.ndarray:
+        """The upload's uint8 intensities ``[i, j, k]``; its base64 text is dropped once decoded."""
+        try:
+            array = decode_array(_encoded_fields(body), self.settings.max_volume_bytes)
+        except TooLarge as err:
+            raise ApiError(413, "payload_too_large", f"volume: {err}") from None
+        except CodecError as err:
+            raise ApiError(422, "invalid_request", f"volume: {err}") from None
+        finally:
+            body.volume.data = ""  # the text can be as large as the voxels: free it before normalising
+        try:
+            return normalized_in_slabs(array, body.modality, _window(body))
+        except ValueError as err:
+            raise ApiError(422, "invalid_request", str(err)) from None
 
     def session(self, session_id: str) -> Session:
         try:
@@ -131,6 +214,7 @@ class ServerState:
             self.store.remove(session_id, "closed by the client")
         except SessionNotFound as err:
             raise ApiError(404, "session_not_found", str(err)) from None
+        self.releaser.soon()
 
     def info(self, session: Session) -> SessionInfo:
         return SessionInfo(
@@ -175,8 +259,10 @@ class ServerState:
     def segment_now(self, session: Session, body: SegmentRequest) -> SegmentResult:
         plan = self.plan(session, body)
         try:
-            outcome = self.run(plan, cancel=cancel_check(session.closed))
+            outcome = self.run(plan, cancel=cancel_check(session.closed, self.shutting_down))
         except Cancelled:
+            if self.shutting_down.is_set():
+                raise _shutting_down() from None
             raise ApiError(409, "conflict", "the session was closed while segmenting") from None
         return result_of(plan, outcome)
 
@@ -192,6 +278,39 @@ class ServerState:
         if job is None:
             raise ApiError(404, "job_not_found", f"unknown job {job_id!r} in session {session.id!r}")
         return job
+
+
+def _encoded_fields(body: CreateSession) -> dict[str, object]:
+    """The volume's fields as :func:`~.codec.decode_array` takes them (its text not copied)."""
+    volume = body.volume
+    return {"dtype": volume.dtype, "shape": volume.shape, "compression": volume.compression, "data": volume.data}
+
+
+# Voxel sizes a session may have: an IJK-to-RAS matrix beyond them makes voxel arithmetic on RAS
+# millimetres overflow, and no scanner comes near them.
+SPACING_RANGE_MM = (1e-6, 1e6)
+
+
+def _check_spacing(affine: np.ndarray) -> np.ndarray:
+    """``affine``, refused (one-line ValueError) when it stretches any direction to a voxel size
+    outside :data:`SPACING_RANGE_MM` (its 3x3 part's singular values)."""
+    lo, hi = SPACING_RANGE_MM
+    sizes = np.linalg.svd(affine[:3, :3], compute_uv=False)
+    if sizes.min() < lo or sizes.max() > hi:
+        raise ValueError(f"ijk_to_ras: voxel sizes {sizes.min():.3g}..{sizes.max():.3g} mm are outside {lo:g}..{hi:g} mm")
+    return affine
+
+
+def _window(body: CreateSession) -> object:
+    return list(body.window) if isinstance(body.window, tuple) else body.window
+
+
+def _store_full(err: StoreFull) -> ApiError:
+    return ApiError(413 if err.too_large else 503, "payload_too_large" if err.too_large else "busy", str(err))
+
+
+def _shutting_down() -> ApiError:
+    return ApiError(503, "shutting_down", "the server is shutting down; send the request again once it is back")
 
 
 def _check_voxel(ijk: list[int], shape: tuple[int, int, int]) -> None:

@@ -50,21 +50,22 @@ def fast_tiny_predictor(seed: int = 2) -> MedSAMPredictor:
 class ServerThread:
     """``create_app``'s app served by uvicorn in a thread on a loopback port (``port=0``: a free one).
 
-    ``with ServerThread(app) as server: ... server.url ...``; leaving stops it (the app's
-    lifespan ends, so its background threads stop too).
+    ``with ServerThread(app) as server: ... server.url ...``; leaving stops it as SIGTERM stops
+    ``medsam serve`` (the app's lifespan ends, so its background threads stop too).
     """
 
     def __init__(self, app, port: int = 0, host: str = "127.0.0.1") -> None:
-        import uvicorn
+        from .http import server_for
 
         self.app = app
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind((host, port))
-        self._socket.listen(64)
+        self._socket.listen(128)
         self.port = self._socket.getsockname()[1]
         self.url = f"http://{host}:{self.port}"
-        self._server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
+        # The same uvicorn server and protocol as `medsam serve` (deadlines, connection cap, shutdown).
+        self._server = server_for(app, log_level="warning")
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True)
 
     def __enter__(self) -> ServerThread:

@@ -165,8 +165,9 @@ def export_weights(checkpoint: Path, out: Path) -> None:
     casts to the model's dtype). The 3D check in :func:`main` runs on the file as written."""
     from safetensors.torch import save_file
 
-    state = {k: (v.half() if v.is_floating_point() else v).contiguous()
-             for k, v in build_sam("tiny", checkpoint).state_dict().items()}
+    state = {
+        k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in build_sam("tiny", checkpoint).state_dict().items()
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(out), metadata={"variant": "tiny", "source": "medsam_monai.training.demo_model"})
 
@@ -202,8 +203,11 @@ def train(args: argparse.Namespace) -> Path:
             datalist = write_phantom_dataset(data, stage.seeds, val_seeds, name=f"{stage.name}.json")
             subprocess.run(bundle_command(args.config, stage, bundle_root, datalist, init), check=True)
         init = bundle_root / "models" / "fine_tuned" / "model.pt"
-        print(f"{stage.name}: {time.monotonic() - started:.0f} s, best validation Dice (2D slices, boxes from "
-              f"labels) {best_validation_dice(bundle_root):.4f}", flush=True)
+        print(
+            f"{stage.name}: {time.monotonic() - started:.0f} s, best validation Dice (2D slices, boxes from "
+            f"labels) {best_validation_dice(bundle_root):.4f}",
+            flush=True,
+        )
     return init
 
 
@@ -215,10 +219,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"training took {trained - start:.0f} s; weights: {args.out} ({args.out.stat().st_size / 1e6:.1f} MB)")
     tests = [random_ct_phantom(TEST_SEED0 + n) for n in range(args.test_phantoms)]
     scores = evaluate_3d(args.out, tests)
-    print(f"held-out phantoms, 3D propagation: mean Dice {np.mean(scores):.4f} over {len(scores)} organs "
-          f"(min {np.min(scores):.4f}); `medsam demo` phantom: mean {np.mean(evaluate_3d(args.out, [demo_phantom()])):.4f}; "
-          f"`ct_phantom()` (not of the training distribution: no partial volume, larger organ): "
-          f"{evaluate_3d(args.out, [ct_phantom()])[0]:.4f}; {time.monotonic() - trained:.0f} s")
+    print(
+        f"held-out phantoms, 3D propagation: mean Dice {np.mean(scores):.4f} over {len(scores)} organs "
+        f"(min {np.min(scores):.4f}); `medsam demo` phantom: mean {np.mean(evaluate_3d(args.out, [demo_phantom()])):.4f}; "
+        f"`ct_phantom()` (not of the training distribution: no partial volume, larger organ): "
+        f"{evaluate_3d(args.out, [ct_phantom()])[0]:.4f}; {time.monotonic() - trained:.0f} s"
+    )
     return 0
 
 

@@ -39,7 +39,10 @@ class PrepareBoxBatch(PrepareBatch):
     """
 
     def __call__(
-        self, batchdata: Mapping[str, Any], device: str | torch.device | None = None, non_blocking: bool = False,
+        self,
+        batchdata: Mapping[str, Any],
+        device: str | torch.device | None = None,
+        non_blocking: bool = False,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor, tuple, dict]:
         images = torch.as_tensor(batchdata["image"]).to(device=device, non_blocking=non_blocking, **kwargs)
@@ -179,8 +182,9 @@ class WarmupCosine:
         return self.final + (1 - self.final) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def lr_scheduler(optimizer: torch.optim.Optimizer, schedule: str = "constant", warmup: int = 0,
-                 total: int = 1) -> torch.optim.lr_scheduler.LambdaLR:
+def lr_scheduler(
+    optimizer: torch.optim.Optimizer, schedule: str = "constant", warmup: int = 0, total: int = 1
+) -> torch.optim.lr_scheduler.LambdaLR:
     """The per-iteration learning-rate schedule: ``constant`` (MedSAM's recipe) or ``warmup_cosine``
     (``warmup`` iterations up to the learning rate, cosine down over the rest of ``total``)."""
     if schedule == "constant":

@@ -90,8 +90,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parts = training_step_memory(args.variant, args.batch_size, amp)
         total = sum(parts.values())
         detail = ", ".join(f"{name} {value:.2f}" for name, value in parts.items())
-        print(f"{args.variant} batch {args.batch_size} {'AMP (16-bit activations)' if amp else 'fp32'}: "
-              f"{total:.1f} GiB before CUDA context and allocator overhead ({detail})")
+        print(
+            f"{args.variant} batch {args.batch_size} {'AMP (16-bit activations)' if amp else 'fp32'}: "
+            f"{total:.1f} GiB before CUDA context and allocator overhead ({detail})"
+        )
     return 0
 
 

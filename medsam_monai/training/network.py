@@ -14,10 +14,10 @@ from os import PathLike
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from ..checkpoints import build_sam
 from ..networks import Sam
+from ..transforms import upscale_masks
 
 logger = logging.getLogger(__name__)
 
@@ -28,8 +28,9 @@ class MedSAMTrainNet(Sam):
     ``forward(images, boxes)``: images (B, 1 or 3, 1024, 1024) prepared slices (one channel is
     repeated to three), boxes (B * K, 4) in the 1024 frame, K consecutive boxes per image (K = 1 in
     MedSAM) -> (B * K, 1, 1024, 1024) logits: the decoder's 256x256 low-res logits (mask token 0,
-    ``multimask_output=False``) upsampled bilinearly to the input size, where MedSAM's
-    ``train_one_gpu.py`` computes its loss against the 1024 ground truth.
+    ``multimask_output=False``) upsampled bilinearly to the input size
+    (:func:`~medsam_monai.transforms.upscale_masks`, as at inference), where MedSAM's ``train_one_gpu.py``
+    computes its loss against the 1024 ground truth.
     """
 
     def __init__(self, sam: Sam, freeze_prompt_encoder: bool = True) -> None:
@@ -46,7 +47,7 @@ class MedSAMTrainNet(Sam):
         if boxes.shape[0] % images.shape[0]:
             raise ValueError(f"{boxes.shape[0]} boxes for {images.shape[0]} images: need K boxes per image")
         logits, _ = self.decode(self.encode_image(images), boxes=boxes, multimask_output=False)
-        return F.interpolate(logits.float(), size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return upscale_masks(logits.float(), images.shape[-2:])  # the interpolation inference uses, on logits
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         """What the optimizer updates: image encoder and mask decoder (MedSAM's ``img_mask_encdec_params``)."""
@@ -68,8 +69,8 @@ def load_sam(variant: str = "vit_b", checkpoint: str | PathLike[str] | None = No
     return build_sam(variant, checkpoint).train()
 
 
-def train_net(variant: str = "vit_b", checkpoint: str | PathLike[str] | None = None,
-              freeze_prompt_encoder: bool = True) -> MedSAMTrainNet:
+def train_net(
+    variant: str = "vit_b", checkpoint: str | PathLike[str] | None = None, freeze_prompt_encoder: bool = True
+) -> MedSAMTrainNet:
     """:func:`load_sam` wrapped as :class:`MedSAMTrainNet` (the bundle's ``network_def``)."""
     return MedSAMTrainNet(load_sam(variant, checkpoint), freeze_prompt_encoder)
-

@@ -208,10 +208,15 @@ class ApplyResult:
     changed_voxels: int
 
     def summary(self) -> str:
-        where = (f"{self.axis} slice {self.first_slice}" if self.first_slice == self.last_slice
-                 else f"{self.axis} slices {self.first_slice}-{self.last_slice}")
-        return (f"Segment '{self.segment_name}': {self.voxels_on_slices} voxels on {where} "
-                f"({self.changed_voxels} changed). Ctrl+Z undoes this.")
+        where = (
+            f"{self.axis} slice {self.first_slice}"
+            if self.first_slice == self.last_slice
+            else f"{self.axis} slices {self.first_slice}-{self.last_slice}"
+        )
+        return (
+            f"Segment '{self.segment_name}': {self.voxels_on_slices} voxels on {where} "
+            f"({self.changed_voxels} changed). Ctrl+Z undoes this."
+        )
 
 
 def ensure_segmentation_converters() -> None:
@@ -353,8 +358,10 @@ class MedSAMLogic(ScriptedLoadableModuleLogic):
         if parameters.box is None:
             parameters.box = self.scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "MedSAM box")
             created = True
-        for member, name, color in (("includePoints", "MedSAM include", (0.2, 0.9, 0.2)),
-                                    ("excludePoints", "MedSAM exclude", (0.95, 0.2, 0.2))):
+        for member, name, color in (
+            ("includePoints", "MedSAM include", (0.2, 0.9, 0.2)),
+            ("excludePoints", "MedSAM exclude", (0.95, 0.2, 0.2)),
+        ):
             if parameters.getValue(member) is None:
                 points = self.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", name)
                 points.CreateDefaultDisplayNodes()
@@ -392,13 +399,20 @@ class MedSAMLogic(ScriptedLoadableModuleLogic):
     def window_of(parameters: MedSAMParameterNode) -> options.WindowArgument:
         """The ``window`` the parameter node's modality and CT window choices send (None for MR)."""
         try:
-            return options.window_argument(parameters.modality, parameters.windowPreset, parameters.windowLevel,
-                                           parameters.windowWidth)
+            return options.window_argument(
+                parameters.modality, parameters.windowPreset, parameters.windowLevel, parameters.windowWidth
+            )
         except ValueError as error:
             raise MedSAMError(str(error)[:1].upper() + str(error)[1:] + ".") from None
 
-    def prepare_from_parameters(self, parameters: MedSAMParameterNode, action: str, server_url: str,
-                                last_slice_node_id: Optional[str] = None, force_upload: bool = False) -> SegmentRequest:
+    def prepare_from_parameters(
+        self,
+        parameters: MedSAMParameterNode,
+        action: str,
+        server_url: str,
+        last_slice_node_id: Optional[str] = None,
+        force_upload: bool = False,
+    ) -> SegmentRequest:
         """:meth:`prepare` with the inputs and choices of the parameter node (what the panel shows).
 
         A segmentation is made first when none is chosen (see :meth:`ensure_segmentation`).
@@ -406,16 +420,32 @@ class MedSAMLogic(ScriptedLoadableModuleLogic):
         self.volume_geometry(parameters.inputVolume)  # no volume: say so first
         segmentation = self.ensure_segmentation(parameters)
         return self.prepare(
-            parameters.inputVolume, segmentation, parameters.box, self.slice_node_for(parameters, last_slice_node_id),
-            action, segment_id=parameters.segmentID or None,
-            new_segment_name=parameters.newSegmentName.strip() or DEFAULT_SEGMENT_NAME, merge=parameters.merge,
-            modality=parameters.modality, window=self.window_of(parameters),
-            include_points_node=parameters.includePoints, exclude_points_node=parameters.excludePoints,
-            server_url=server_url, force_upload=force_upload)
+            parameters.inputVolume,
+            segmentation,
+            parameters.box,
+            self.slice_node_for(parameters, last_slice_node_id),
+            action,
+            segment_id=parameters.segmentID or None,
+            new_segment_name=parameters.newSegmentName.strip() or DEFAULT_SEGMENT_NAME,
+            merge=parameters.merge,
+            modality=parameters.modality,
+            window=self.window_of(parameters),
+            include_points_node=parameters.includePoints,
+            exclude_points_node=parameters.excludePoints,
+            server_url=server_url,
+            force_upload=force_upload,
+        )
 
-    def segment_with_parameters(self, client, parameters: MedSAMParameterNode, action: str = ACTION_3D,
-                                server_url: str = DEFAULT_SERVER_URL, last_slice_node_id: Optional[str] = None,
-                                progress=None, cancel=None) -> ApplyResult:
+    def segment_with_parameters(
+        self,
+        client,
+        parameters: MedSAMParameterNode,
+        action: str = ACTION_3D,
+        server_url: str = DEFAULT_SERVER_URL,
+        last_slice_node_id: Optional[str] = None,
+        progress=None,
+        cancel=None,
+    ) -> ApplyResult:
         """What the panel's Segment buttons do, in one blocking call: prepare from the parameter node, run, apply;
         the segment written becomes the parameter node's segment (the next action goes there)."""
         request = self.prepare_from_parameters(parameters, action, server_url, last_slice_node_id)
@@ -450,16 +480,20 @@ class MedSAMLogic(ScriptedLoadableModuleLogic):
             raise MedSAMError("Select a volume that holds an image.")
         image = volume_node.GetImageData()
         if image.GetNumberOfScalarComponents() != 1:
-            raise MedSAMError(f"'{_node_name(volume_node)}' has {image.GetNumberOfScalarComponents()} components "
-                              "per voxel; MedSAM needs a single-component (grey-scale) CT or MR volume.")
+            raise MedSAMError(
+                f"'{_node_name(volume_node)}' has {image.GetNumberOfScalarComponents()} components "
+                "per voxel; MedSAM needs a single-component (grey-scale) CT or MR volume."
+            )
         matrix = vtk.vtkMatrix4x4()
         volume_node.GetIJKToRASMatrix(matrix)
         ijk_to_ras = _array_from_matrix(matrix)
         transform = volume_node.GetParentTransformNode()
         if transform is not None:
             if not transform.IsTransformToWorldLinear():
-                raise MedSAMError(f"'{_node_name(volume_node)}' is under a non-linear transform; harden it first "
-                                  "(Data module, right-click the transform, 'Harden transform').")
+                raise MedSAMError(
+                    f"'{_node_name(volume_node)}' is under a non-linear transform; harden it first "
+                    "(Data module, right-click the transform, 'Harden transform')."
+                )
             to_world = vtk.vtkMatrix4x4()
             transform.GetMatrixTransformToWorld(to_world)
             ijk_to_ras = _array_from_matrix(to_world) @ ijk_to_ras
@@ -522,11 +556,23 @@ class MedSAMLogic(ScriptedLoadableModuleLogic):
 
     # -- step 1: prepare (main thread) -------------------------------------------------------
 
-    def prepare(self, volume_node, segmentation_node, roi_node, slice_view, action: str = ACTION_3D,
-                segment_id: Optional[str] = None, new_segment_name: str = DEFAULT_SEGMENT_NAME,
-                merge: str = "replace", modality: str = "ct", window: Any = "abdomen",
-                include_points_node=None, exclude_points_node=None, server_url: str = DEFAULT_SERVER_URL,
-                force_upload: bool = False) -> SegmentRequest:
+    def prepare(
+        self,
+        volume_node,
+        segmentation_node,
+        roi_node,
+        slice_view,
+        action: str = ACTION_3D,
+        segment_id: Optional[str] = None,
+        new_segment_name: str = DEFAULT_SEGMENT_NAME,
+        merge: str = "replace",
+        modality: str = "ct",
+        window: Any = "abdomen",
+        include_points_node=None,
+        exclude_points_node=None,
+        server_url: str = DEFAULT_SERVER_URL,
+        force_upload: bool = False,
+    ) -> SegmentRequest:
         """Check the inputs and compute the voxel box; raise MedSAMError with advice when they don't fit.
 
         ``slice_view`` is the slice node the box was drawn in (or its 4x4 SliceToRAS): its
@@ -555,8 +601,7 @@ class MedSAMLogic(ScriptedLoadableModuleLogic):
         except geometry.GeometryError as error:
             raise MedSAMError(str(error)[:1].upper() + str(error)[1:] + ".") from None
         slice_range = geometry.box_slice_range(box, voxel_axis)
-        points = self.prompt_points(include_points_node, exclude_points_node, ijk_to_ras, shape_ijk,
-                                    slice_range, voxel_axis)
+        points = self.prompt_points(include_points_node, exclude_points_node, ijk_to_ras, shape_ijk, slice_range, voxel_axis)
         # Checked here, on the main thread: the store reads Qt settings, which the worker must not touch.
         self.consent.require(server_url)
         key = self._session_key(server_url, volume_node, ijk_to_ras, modality, window)
@@ -567,20 +612,35 @@ class MedSAMLogic(ScriptedLoadableModuleLogic):
         # A copy: the user may edit the volume while the upload runs in another thread.
         volume_array = np.array(slicer.util.arrayFromVolume(volume_node), copy=True) if needs_upload else None
         return SegmentRequest(
-            action=action, volume_node_id=volume_node.GetID(), segmentation_node_id=segmentation_node.GetID(),
-            segment_id=segment_id, new_segment_name=new_segment_name or DEFAULT_SEGMENT_NAME,
-            shape_kji=(shape_ijk[2], shape_ijk[1], shape_ijk[0]), ijk_to_ras=ijk_to_ras, axis=axis,
-            voxel_axis=voxel_axis, box_ijk=tuple(int(v) for v in box), slice_range=slice_range, points=points,
-            merge=merge, modality=modality, window=window, server_url=server_url, session_key=key,
-            volume_array=volume_array, consent_revocations=self.consent.revocation_count(server_url),
+            action=action,
+            volume_node_id=volume_node.GetID(),
+            segmentation_node_id=segmentation_node.GetID(),
+            segment_id=segment_id,
+            new_segment_name=new_segment_name or DEFAULT_SEGMENT_NAME,
+            shape_kji=(shape_ijk[2], shape_ijk[1], shape_ijk[0]),
+            ijk_to_ras=ijk_to_ras,
+            axis=axis,
+            voxel_axis=voxel_axis,
+            box_ijk=tuple(int(v) for v in box),
+            slice_range=slice_range,
+            points=points,
+            merge=merge,
+            modality=modality,
+            window=window,
+            server_url=server_url,
+            session_key=key,
+            volume_array=volume_array,
+            consent_revocations=self.consent.revocation_count(server_url),
         )
 
     def _check_segmentation(self, segmentation_node, volume_node, segment_id, new_segment_name) -> None:
         if segmentation_node is None:
             raise MedSAMError("Select or create a segmentation to write the result into.")
         if segmentation_node.GetTransformNodeID() != volume_node.GetTransformNodeID():
-            raise MedSAMError(f"'{_node_name(segmentation_node)}' and '{_node_name(volume_node)}' are under different "
-                              "transforms; put both under the same one (or harden the transforms).")
+            raise MedSAMError(
+                f"'{_node_name(segmentation_node)}' and '{_node_name(volume_node)}' are under different "
+                "transforms; put both under the same one (or harden the transforms)."
+            )
         if segment_id and segmentation_node.GetSegmentation().GetSegment(segment_id) is None:
             raise MedSAMError(f"The segment to write into is no longer in '{_node_name(segmentation_node)}'; pick another.")
         if not segment_id and not str(new_segment_name or "").strip():
@@ -594,7 +654,8 @@ class MedSAMLogic(ScriptedLoadableModuleLogic):
             if box is None:
                 raise MedSAMError(
                     f"The box contains no voxel centre of '{name}'. It may lie outside the image, or be thinner "
-                    f"than one slice along {axis}: drag its handles in a perpendicular view to cover the slices.")
+                    f"than one slice along {axis}: drag its handles in a perpendicular view to cover the slices."
+                )
             return box
         slice_to_ras = self._slice_to_ras(slice_view)
         index = geometry.slice_index_at(slice_to_ras[:3, 3], ijk_to_ras, shape_ijk, voxel_axis)
@@ -620,28 +681,40 @@ class MedSAMLogic(ScriptedLoadableModuleLogic):
             ijk_to_ras, shape_ijk = self.volume_geometry(volume_node)
             axis, _ = geometry.view_axis(self._slice_to_ras(slice_view), self.max_oblique_degrees, self.oblique_views)
             voxel_axis = geometry.slicing_voxel_axis(ijk_to_ras, axis)
-            box = self._box_for_action(ACTION_3D, roi_node, slice_view, ijk_to_ras, shape_ijk, axis, voxel_axis,
-                                       volume_node)
+            box = self._box_for_action(ACTION_3D, roi_node, slice_view, ijk_to_ras, shape_ijk, axis, voxel_axis, volume_node)
         except (MedSAMError, geometry.GeometryError) as error:
             return f"Segment 3D: {str(error)[:1].lower()}{str(error)[1:]}"
         first, last = geometry.box_slice_range(box, voxel_axis)
         low, high = self.roi_ras_bounds(roi_node)
         world = geometry.WORLD_AXIS_OF_SLICING_AXIS[axis]
         depth = float(high[world] - low[world])
-        return (f"Segment 3D: {axis} slices {first}-{last} ({last - first + 1} of {shape_ijk[voxel_axis]}); "
-                f"the box is {depth:.1f} mm deep along {axis}.")
+        return (
+            f"Segment 3D: {axis} slices {first}-{last} ({last - first + 1} of {shape_ijk[voxel_axis]}); "
+            f"the box is {depth:.1f} mm deep along {axis}."
+        )
 
     @staticmethod
     def _session_key(server_url, volume_node, ijk_to_ras, modality, window) -> tuple:
         # The image data's modification time changes whenever its voxels do; VTK's clock is global,
         # so a new image never repeats an old key.
-        return (server_url, volume_node.GetID(), int(volume_node.GetImageData().GetMTime()),
-                tuple(np.round(ijk_to_ras, 9).ravel().tolist()), str(modality).lower(), repr(window))
+        return (
+            server_url,
+            volume_node.GetID(),
+            int(volume_node.GetImageData().GetMTime()),
+            tuple(np.round(ijk_to_ras, 9).ravel().tolist()),
+            str(modality).lower(),
+            repr(window),
+        )
 
     # -- step 2: run (any thread) ------------------------------------------------------------
 
-    def run(self, client, request: SegmentRequest, progress: Optional[Callable[[int, int], None]] = None,
-            cancel: Optional[Callable[[], bool]] = None) -> np.ndarray:
+    def run(
+        self,
+        client,
+        request: SegmentRequest,
+        progress: Optional[Callable[[int, int], None]] = None,
+        cancel: Optional[Callable[[], bool]] = None,
+    ) -> np.ndarray:
         """Upload the volume if the server does not have it yet, then segment; returns labels [k, j, i].
 
         Touches no MRML node and no Qt object, so it may run in a worker thread. Raises
@@ -650,8 +723,15 @@ class MedSAMLogic(ScriptedLoadableModuleLogic):
         self._check_consent_still_given(request)
         session_id = self._session_for(client, request)
         try:
-            labels = client.segment(session_id, request.box_ijk, axis=request.axis, propagate=request.propagate,
-                                    points=request.points or None, progress=progress, cancel=cancel)
+            labels = client.segment(
+                session_id,
+                request.box_ijk,
+                axis=request.axis,
+                propagate=request.propagate,
+                points=request.points or None,
+                progress=progress,
+                cancel=cancel,
+            )
         except Exception as error:
             if _is_session_lost(error):
                 with self._sessions_lock:
@@ -660,8 +740,10 @@ class MedSAMLogic(ScriptedLoadableModuleLogic):
             raise
         labels = np.asarray(labels)
         if labels.shape != tuple(request.shape_kji):
-            raise MedSAMError(f"The server returned labels of shape {labels.shape} for a volume of shape "
-                              f"{tuple(request.shape_kji)} (K, J, I); is it a compatible medsam version?")
+            raise MedSAMError(
+                f"The server returned labels of shape {labels.shape} for a volume of shape "
+                f"{tuple(request.shape_kji)} (K, J, I); is it a compatible medsam version?"
+            )
         return labels
 
     def _check_consent_still_given(self, request: SegmentRequest) -> None:
@@ -684,8 +766,14 @@ class MedSAMLogic(ScriptedLoadableModuleLogic):
         # The server encodes the slices around the box first, while the user waits anyway.
         box = np.asarray(request.box_ijk)
         focus = [int(v) for v in (box[:3] + box[3:]) // 2]
-        session_id = client.create_session(request.volume_array, request.ijk_to_ras, modality=request.modality,
-                                           window=request.window, focus_ijk=focus, focus_axis=request.axis)
+        session_id = client.create_session(
+            request.volume_array,
+            request.ijk_to_ras,
+            modality=request.modality,
+            window=request.window,
+            focus_ijk=focus,
+            focus_axis=request.axis,
+        )
         with self._sessions_lock:
             # Earlier uploads of this volume (before an edit, with another window) are of no more use.
             stale = [key for key in self._sessions if key[:2] == request.session_key[:2]]
@@ -707,8 +795,7 @@ class MedSAMLogic(ScriptedLoadableModuleLogic):
 
     # -- step 3: apply (main thread) ---------------------------------------------------------
 
-    def apply(self, request: SegmentRequest, labels: np.ndarray,
-              parameters: Optional[MedSAMParameterNode] = None) -> ApplyResult:
+    def apply(self, request: SegmentRequest, labels: np.ndarray, parameters: Optional[MedSAMParameterNode] = None) -> ApplyResult:
         """Write ``labels`` into the target segment as one undoable step; the segment is untouched on error.
 
         With ``parameters``, the segment written becomes the parameter node's segment (later actions go there).
@@ -726,9 +813,16 @@ class MedSAMLogic(ScriptedLoadableModuleLogic):
             current = self.read_segment(segmentation_node, segment_id, volume_node)
             merged = geometry.merge_mask(current, labels, request.voxel_axis, request.slice_range, request.merge)
             region = geometry.slab(request.voxel_axis, *request.slice_range)
-            entry = undo.UndoEntry.capture(request.describe(), segmentation_node.GetID(), segment_id, created,
-                                           request.voxel_axis, *request.slice_range, current[region],
-                                           volume_node_id=volume_node.GetID())
+            entry = undo.UndoEntry.capture(
+                request.describe(),
+                segmentation_node.GetID(),
+                segment_id,
+                created,
+                request.voxel_axis,
+                *request.slice_range,
+                current[region],
+                volume_node_id=volume_node.GetID(),
+            )
             self.write_segment(segmentation_node, segment_id, volume_node, merged)
         except Exception:
             if created:
@@ -739,9 +833,14 @@ class MedSAMLogic(ScriptedLoadableModuleLogic):
             parameters.segmentID = segment_id
         segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
         return ApplyResult(
-            segment_id=segment_id, segment_name=segment.GetName(), created_segment=created, axis=request.axis,
-            first_slice=request.slice_range[0], last_slice=request.slice_range[1],
-            voxels_on_slices=int(merged[region].sum()), changed_voxels=int((merged[region] != current[region]).sum()),
+            segment_id=segment_id,
+            segment_name=segment.GetName(),
+            created_segment=created,
+            axis=request.axis,
+            first_slice=request.slice_range[0],
+            last_slice=request.slice_range[1],
+            voxels_on_slices=int(merged[region].sum()),
+            changed_voxels=int((merged[region] != current[region]).sum()),
         )
 
     def _target_segment(self, segmentation_node, volume_node, request) -> Tuple[str, bool]:
@@ -751,7 +850,8 @@ class MedSAMLogic(ScriptedLoadableModuleLogic):
                 raise MedSAMError("The segment to write into was deleted while segmenting; nothing was written.")
             return request.segment_id, False
         if segmentation.GetNumberOfSegments() == 0 and not segmentation_node.GetNodeReference(
-                slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole()):
+            slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole()
+        ):
             # A fresh segmentation takes the volume's grid, so voxels map one to one.
             segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
         segment_id = segmentation.AddEmptySegment("", request.new_segment_name)
@@ -806,7 +906,8 @@ class MedSAMLogic(ScriptedLoadableModuleLogic):
             return np.zeros(shape_ijk[::-1], dtype=np.uint8), volume_extent
         resampled = slicer.vtkOrientedImageData()
         if not slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
-                labelmap, self._oriented_image(volume_node, allocate=False), resampled, False, beyond_volume):
+            labelmap, self._oriented_image(volume_node, allocate=False), resampled, False, beyond_volume
+        ):
             raise MedSAMError(f"Could not bring segment '{segment.GetName()}' onto the volume's grid.")
         extent = tuple(int(v) for v in resampled.GetExtent())
         shape_kji = tuple(extent[2 * axis + 1] - extent[2 * axis] + 1 for axis in (2, 1, 0))
@@ -857,15 +958,26 @@ class MedSAMLogic(ScriptedLoadableModuleLogic):
 
     # -- all steps in a row ------------------------------------------------------------------
 
-    def segment(self, client, volume_node, segmentation_node, roi_node, slice_view, action: str = ACTION_3D,
-                progress=None, cancel=None, **prepare_options) -> ApplyResult:
+    def segment(
+        self,
+        client,
+        volume_node,
+        segmentation_node,
+        roi_node,
+        slice_view,
+        action: str = ACTION_3D,
+        progress=None,
+        cancel=None,
+        **prepare_options,
+    ) -> ApplyResult:
         """:meth:`prepare`, :meth:`run` and :meth:`apply` in one blocking call (scripts, tests)."""
         request = self.prepare(volume_node, segmentation_node, roi_node, slice_view, action, **prepare_options)
         try:
             labels = self.run(client, request, progress, cancel)
         except SessionLost:
-            request = self.prepare(volume_node, segmentation_node, roi_node, slice_view, action,
-                                   force_upload=True, **prepare_options)
+            request = self.prepare(
+                volume_node, segmentation_node, roi_node, slice_view, action, force_upload=True, **prepare_options
+            )
             labels = self.run(client, request, progress, cancel)
         return self.apply(request, labels)
 
@@ -925,8 +1037,9 @@ def set_settings_value(key: str, value: Any) -> None:
 
 def qsettings_consent_store() -> consent.ConsentStore:
     """The user's upload agreements, kept in Slicer's settings (one JSON list)."""
-    return consent.ConsentStore(lambda: settings_value("ConsentedServers", ""),
-                                lambda text: set_settings_value("ConsentedServers", text))
+    return consent.ConsentStore(
+        lambda: settings_value("ConsentedServers", ""), lambda text: set_settings_value("ConsentedServers", text)
+    )
 
 
 def _unannotated(datatype):
@@ -989,8 +1102,11 @@ def parameter_widgets(ui) -> Dict[str, Any]:
     would leave the panel writing into the parameter node after exit() or a scene close.
     """
     widgets = [widget for widget in vars(ui).values() if hasattr(widget, "property")]
-    return {widget.property(SlicerParameterNamePropertyName): widget for widget in widgets
-            if widget.property(SlicerParameterNamePropertyName)}
+    return {
+        widget.property(SlicerParameterNamePropertyName): widget
+        for widget in widgets
+        if widget.property(SlicerParameterNamePropertyName)
+    }
 
 
 class MedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -1078,7 +1194,7 @@ class MedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         combo.clear()
         combo.addItem("Last view under the mouse", "")
         layout_manager = slicer.app.layoutManager()
-        for name in (layout_manager.sliceViewNames() if layout_manager is not None else []):
+        for name in layout_manager.sliceViewNames() if layout_manager is not None else []:
             combo.addItem(name, name)
         index = combo.findData(keep) if keep else 0
         combo.setCurrentIndex(max(index, 0))
@@ -1093,8 +1209,9 @@ class MedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if crosshair is None or crosshair is self._observed_crosshair:
             return
         if self._observed_crosshair is not None:
-            self.removeObserver(self._observed_crosshair, slicer.vtkMRMLCrosshairNode.CursorPositionModifiedEvent,
-                                self._on_cursor_moved)
+            self.removeObserver(
+                self._observed_crosshair, slicer.vtkMRMLCrosshairNode.CursorPositionModifiedEvent, self._on_cursor_moved
+            )
         self._observed_crosshair = crosshair
         self.addObserver(crosshair, slicer.vtkMRMLCrosshairNode.CursorPositionModifiedEvent, self._on_cursor_moved)
 
@@ -1131,8 +1248,9 @@ class MedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for name in ("cpu", "cuda"):
             self.ui.deviceComboBox.addItem(name, name)
         self.ui.segmentSliceButton.toolTip = f"Segment the slice in view inside the box ({SHORTCUT_SEGMENT_SLICE})."
-        self.ui.segment3DButton.toolTip = (f"Segment every slice the box spans along the view's axis, propagating "
-                                           f"from its middle slice ({SHORTCUT_SEGMENT_3D}).")
+        self.ui.segment3DButton.toolTip = (
+            f"Segment every slice the box spans along the view's axis, propagating from its middle slice ({SHORTCUT_SEGMENT_3D})."
+        )
         self.ui.undoButton.toolTip = "Put the segment back as it was before the last MedSAM action (Ctrl+Z)."
 
     def _restore_settings(self):
@@ -1268,10 +1386,16 @@ class MedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _combo_box_connectors(self) -> Dict[str, GuiConnector]:
         """The parameters shown by combo boxes whose items carry the values (see ComboBoxDataConnector)."""
-        return {name: ComboBoxDataConnector(combo) for name, combo in (
-            ("segmentID", self.ui.segmentComboBox), ("merge", self.ui.mergeComboBox),
-            ("sliceView", self.ui.sliceViewComboBox), ("modality", self.ui.modalityComboBox),
-            ("windowPreset", self.ui.windowComboBox))}
+        return {
+            name: ComboBoxDataConnector(combo)
+            for name, combo in (
+                ("segmentID", self.ui.segmentComboBox),
+                ("merge", self.ui.mergeComboBox),
+                ("sliceView", self.ui.sliceViewComboBox),
+                ("modality", self.ui.modalityComboBox),
+                ("windowPreset", self.ui.windowComboBox),
+            )
+        }
 
     def _on_parameters_changed(self, caller=None, event=None):
         """Whatever changed the parameter node (the panel, a script, a loaded scene): follow its inputs, update."""
@@ -1282,8 +1406,11 @@ class MedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 parameters.modality = self.logic.guess_modality(parameters.inputVolume)
         self._follow_segmentation(parameters.segmentation if parameters else None)
         self._follow_box(parameters.box if parameters else None)
-        for place_widget, member in ((self.ui.roiPlaceWidget, "box"), (self.ui.includePointsPlaceWidget, "includePoints"),
-                                     (self.ui.excludePointsPlaceWidget, "excludePoints")):
+        for place_widget, member in (
+            (self.ui.roiPlaceWidget, "box"),
+            (self.ui.includePointsPlaceWidget, "includePoints"),
+            (self.ui.excludePointsPlaceWidget, "excludePoints"),
+        ):
             place_widget.setCurrentNode(parameters.getValue(member) if parameters else None)
         self.ui.newSegmentNameLineEdit.enabled = bool(parameters) and not parameters.segmentID
         self._update_window_widgets()
@@ -1306,8 +1433,11 @@ class MedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         previous = self._followed["segmentation"]
         if segmentation_node is previous:
             return
-        events = (slicer.vtkSegmentation.SegmentAdded, slicer.vtkSegmentation.SegmentRemoved,
-                  slicer.vtkSegmentation.SegmentModified)
+        events = (
+            slicer.vtkSegmentation.SegmentAdded,
+            slicer.vtkSegmentation.SegmentRemoved,
+            slicer.vtkSegmentation.SegmentModified,
+        )
         for event in events if previous is not None else ():
             self.removeObserver(previous, event, self._refresh_segments)
         self._followed["segmentation"] = segmentation_node
@@ -1361,8 +1491,12 @@ class MedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _install_shortcuts(self):
         self._uninstall_shortcuts()
-        for keys, slot in ((SHORTCUT_SEGMENT_SLICE, self.onSegmentSlice), (SHORTCUT_SEGMENT_3D, self.onSegment3D),
-                           (qt.QKeySequence.Undo, self.onUndo), (SHORTCUT_CANCEL, self.onCancel)):
+        for keys, slot in (
+            (SHORTCUT_SEGMENT_SLICE, self.onSegmentSlice),
+            (SHORTCUT_SEGMENT_3D, self.onSegment3D),
+            (qt.QKeySequence.Undo, self.onUndo),
+            (SHORTCUT_CANCEL, self.onCancel),
+        ):
             shortcut = qt.QShortcut(qt.QKeySequence(keys), slicer.util.mainWindow())
             shortcut.connect("activated()", slot)
             if keys == SHORTCUT_CANCEL:
@@ -1413,12 +1547,15 @@ class MedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         message = "Uploading the image and segmenting..." if request.volume_array is not None else "Segmenting..."
         # A server that lost the image gets it again, once (a retry that loses it too is an error).
         retry = None if force_upload else (lambda: self._segment(action, force_upload=True))
-        self._start_task(tasks.BackgroundTask(work, request.describe()), message,
-                         lambda labels: self._finish_segment(request, labels), on_session_lost=retry)
+        self._start_task(
+            tasks.BackgroundTask(work, request.describe()),
+            message,
+            lambda labels: self._finish_segment(request, labels),
+            on_session_lost=retry,
+        )
 
     def _prepare(self, action, url, force_upload):
-        return self.logic.prepare_from_parameters(self._parameterNode, action, url, self._last_slice_node_id,
-                                                  force_upload)
+        return self.logic.prepare_from_parameters(self._parameterNode, action, url, self._last_slice_node_id, force_upload)
 
     def _finish_segment(self, request, labels):
         # The scene may have been closed meanwhile (the result is discarded then, see _poll_task).
@@ -1471,8 +1608,11 @@ class MedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._show_error("Cannot connect", error)
             return
         self._save_settings()
-        self._start_task(tasks.BackgroundTask(lambda progress, cancelled: client.health(), "health check"),
-                         f"Connecting to {url}...", self._show_health)
+        self._start_task(
+            tasks.BackgroundTask(lambda progress, cancelled: client.health(), "health check"),
+            f"Connecting to {url}...",
+            self._show_health,
+        )
 
     def _show_health(self, health):
         details = ", ".join(f"{key} {health[key]}" for key in ("version", "variant", "device", "precision") if key in health)
@@ -1481,9 +1621,13 @@ class MedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _local_server_settings(self):
         return server_process.ServerSettings(
-            python=self.ui.pythonPathLineEdit.currentPath.strip(), port=int(self.ui.portSpinBox.value),
-            variant=self.ui.variantComboBox.currentData, checkpoint=self.ui.checkpointPathLineEdit.currentPath.strip() or None,
-            device=self.ui.deviceComboBox.currentData, token=self.ui.serverTokenLineEdit.text.strip() or None)
+            python=self.ui.pythonPathLineEdit.currentPath.strip(),
+            port=int(self.ui.portSpinBox.value),
+            variant=self.ui.variantComboBox.currentData,
+            checkpoint=self.ui.checkpointPathLineEdit.currentPath.strip() or None,
+            device=self.ui.deviceComboBox.currentData,
+            token=self.ui.serverTokenLineEdit.text.strip() or None,
+        )
 
     def onStartLocalServer(self):
         if self._task is not None:
@@ -1501,9 +1645,11 @@ class MedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._save_settings()
         self.ui.serverUrlLineEdit.text = server.url
         work = lambda progress, cancelled: server.wait_until_ready(timeout=300.0, cancel=cancelled)  # noqa: E731
-        self._start_task(tasks.BackgroundTask(work, "server start"),
-                         f"Starting the server (process {server.pid}); the first start loads the model...",
-                         lambda health: self._local_server_ready(server, health))
+        self._start_task(
+            tasks.BackgroundTask(work, "server start"),
+            f"Starting the server (process {server.pid}); the first start loads the model...",
+            lambda health: self._local_server_ready(server, health),
+        )
 
     @staticmethod
     def _startup_environment():
@@ -1683,8 +1829,15 @@ class MedSAMTest(ScriptedLoadableModuleTest):
             volume = self._add_phantom(scene, name)
             segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
             roi = self._add_box(scene, (-10.0, -6.0, -8.0), (14.0, 12.0, 8.0))
-            logic.segment(ThresholdClient(threshold=100.0), volume, segmentation, roi, axial_slice_to_ras(), ACTION_3D,
-                          server_url=DEFAULT_SERVER_URL)
+            logic.segment(
+                ThresholdClient(threshold=100.0),
+                volume,
+                segmentation,
+                roi,
+                axial_slice_to_ras(),
+                ACTION_3D,
+                server_url=DEFAULT_SERVER_URL,
+            )
             segment_id = segmentation.GetSegmentation().GetNthSegmentID(0)
             masks.append(to_ras_order(logic.read_segment(segmentation, segment_id, volume), layout))
         self.assertGreater(int(masks[0].sum()), 0)
@@ -1702,12 +1855,27 @@ class MedSAMTest(ScriptedLoadableModuleTest):
         volume = self._add_phantom(scene, "lps")
         segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
         client = ThresholdClient(threshold=100.0)
-        first = logic.segment(client, volume, segmentation, self._add_box(scene, (-10.0, -6.0, -8.0), (14.0, 12.0, 8.0)),
-                              axial_slice_to_ras(), ACTION_3D, server_url=DEFAULT_SERVER_URL)
+        first = logic.segment(
+            client,
+            volume,
+            segmentation,
+            self._add_box(scene, (-10.0, -6.0, -8.0), (14.0, 12.0, 8.0)),
+            axial_slice_to_ras(),
+            ACTION_3D,
+            server_url=DEFAULT_SERVER_URL,
+        )
         after_first = logic.read_segment(segmentation, first.segment_id, volume)
-        logic.segment(client, volume, segmentation, self._add_box(scene, (-20.0, -16.0, -4.0), (0.0, 0.0, 4.0)),
-                      axial_slice_to_ras(), ACTION_3D, segment_id=first.segment_id, merge="add",
-                      server_url=DEFAULT_SERVER_URL)
+        logic.segment(
+            client,
+            volume,
+            segmentation,
+            self._add_box(scene, (-20.0, -16.0, -4.0), (0.0, 0.0, 4.0)),
+            axial_slice_to_ras(),
+            ACTION_3D,
+            segment_id=first.segment_id,
+            merge="add",
+            server_url=DEFAULT_SERVER_URL,
+        )
         after_add = logic.read_segment(segmentation, first.segment_id, volume)
         self.assertTrue(np.all(after_add >= after_first))
         self.assertGreater(int(after_add.sum()), int(after_first.sum()))
@@ -1766,7 +1934,14 @@ class MedSAMTest(ScriptedLoadableModuleTest):
         volume = self._add_phantom(scene, "ras")
         segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
         client = logic.client_for(url, os.environ.get("MEDSAM_TEST_TOKEN"))
-        result = logic.segment(client, volume, segmentation, self._add_box(scene, (-10.0, -6.0, -4.0), (14.0, 12.0, 4.0)),
-                               axial_slice_to_ras(), ACTION_SLICE, server_url=url)
+        result = logic.segment(
+            client,
+            volume,
+            segmentation,
+            self._add_box(scene, (-10.0, -6.0, -4.0), (14.0, 12.0, 4.0)),
+            axial_slice_to_ras(),
+            ACTION_SLICE,
+            server_url=url,
+        )
         self.assertEqual(result.first_slice, result.last_slice)
         self.delayDisplay(result.summary())

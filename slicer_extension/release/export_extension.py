@@ -47,20 +47,80 @@ REPOSITORY_PREFIX = "Slicer"  # check_git_repository_name: "Slicer", "Slicer-", 
 REPOSITORY_TOPIC = "3d-slicer-extension"  # check_git_repository_topics (a GitHub setting, not a file)
 SIZE_LIMIT_MB = 100  # check_repository_size
 ACCEPTED_CATEGORIES = (
-    "Active Learning", "Analysis", "Auto3dgm", "BigImage", "Cardiac", "Chest Imaging Platform", "Conda",
-    "Converters", "DICOM", "DSCI", "Developer Tools", "Diffusion", "Examples", "Exporter", "FTV Segmentation",
-    "Filtering", "Filtering.Morphology", "Filtering.Vesselness", "Holographic Display", "Image Synthesis", "IGT",
-    "Informatics", "Netstim", "Neuroimaging", "Nuclear Medicine", "Orthodontics", "Osteotomy Planning",
-    "Otolaryngology", "Photogrammetry", "Pipelines", "Planning", "Printing", "Quantification", "Radiotherapy",
-    "Registration", "Remote", "Rendering", "SPHARM", "Segmentation", "Sequences", "Shape Analysis",
-    "Shape Regression", "Shape Visualization", "Simulation", "SlicerCMF", "SlicerMorph", "Spectral Imaging",
-    "Supervisely", "Surface Models", "SurfaceLearner", "Tomographic Reconstruction", "Tracking", "Tractography",
-    "Training", "Ultrasound", "Utilities", "Vascular Modeling Toolkit", "Virtual Reality", "VisSimTools",
-    "Web System Tools", "Wizards",
+    "Active Learning",
+    "Analysis",
+    "Auto3dgm",
+    "BigImage",
+    "Cardiac",
+    "Chest Imaging Platform",
+    "Conda",
+    "Converters",
+    "DICOM",
+    "DSCI",
+    "Developer Tools",
+    "Diffusion",
+    "Examples",
+    "Exporter",
+    "FTV Segmentation",
+    "Filtering",
+    "Filtering.Morphology",
+    "Filtering.Vesselness",
+    "Holographic Display",
+    "Image Synthesis",
+    "IGT",
+    "Informatics",
+    "Netstim",
+    "Neuroimaging",
+    "Nuclear Medicine",
+    "Orthodontics",
+    "Osteotomy Planning",
+    "Otolaryngology",
+    "Photogrammetry",
+    "Pipelines",
+    "Planning",
+    "Printing",
+    "Quantification",
+    "Radiotherapy",
+    "Registration",
+    "Remote",
+    "Rendering",
+    "SPHARM",
+    "Segmentation",
+    "Sequences",
+    "Shape Analysis",
+    "Shape Regression",
+    "Shape Visualization",
+    "Simulation",
+    "SlicerCMF",
+    "SlicerMorph",
+    "Spectral Imaging",
+    "Supervisely",
+    "Surface Models",
+    "SurfaceLearner",
+    "Tomographic Reconstruction",
+    "Tracking",
+    "Tractography",
+    "Training",
+    "Ultrasound",
+    "Utilities",
+    "Vascular Modeling Toolkit",
+    "Virtual Reality",
+    "VisSimTools",
+    "Web System Tools",
+    "Wizards",
 )
 # The catalog entry schema (Slicer's Schemas/slicer-extension-catalog-entry-schema-v1.0.1.json): key -> type.
-ENTRY_KEYS = {"$schema": str, "category": str, "scm_url": str, "scm_revision": str, "scm_type": str,
-              "build_dependencies": list, "build_subdirectory": str, "enabled": bool, "tier": int}
+ENTRY_KEYS = {
+    "$schema": str,
+    "category": str,
+    "scm_url": str,
+    "scm_revision": str,
+    "scm_type": str,
+    "build_dependencies": list,
+    "build_subdirectory": str,
+    "enabled": bool,
+    "tier": int,
+}
 ENTRY_REQUIRED = ("$schema", "category", "scm_url")
 # Slicer 5.10's extension template (Utilities/Templates/Extensions/Default/CMakeLists.txt).
 CMAKE_MINIMUM = "cmake_minimum_required(VERSION 3.20.6...3.22.6 FATAL_ERROR)"
@@ -178,8 +238,7 @@ def check_cmake(cmake_text: str, extension_name: str) -> List[str]:
     if not project:
         problems.append("No project() declaration found in CMakeLists.txt")
     elif project[0].strip("\"'") != extension_name:
-        problems.append(f"project name {project[0]!r} in CMakeLists.txt does not match the extension name "
-                        f"{extension_name!r}")
+        problems.append(f"project name {project[0]!r} in CMakeLists.txt does not match the extension name {extension_name!r}")
     if not re.findall(r'set\s*\(EXTENSION_ICONURL\s*"([^"]+)"[ ]*\)', cmake_text, re.IGNORECASE | re.MULTILINE):
         problems.append("No EXTENSION_ICONURL found in CMakeLists.txt.")
     if not re.findall(r'set\s*\(EXTENSION_SCREENSHOTURLS\s*"([^"]+)"\)', cmake_text, re.IGNORECASE | re.MULTILINE):
@@ -199,7 +258,7 @@ def check_addresses(root: Path, cmake_text: str, entry: dict) -> List[str]:
         if not url.startswith(base):
             problems.append(f"{setting} {url} is not a file of {base} (the repository and revision of scm_url)")
             continue
-        path = root / urllib.parse.unquote(url[len(base):])
+        path = root / urllib.parse.unquote(url[len(base) :])
         if not path.is_file():
             problems.append(f"{setting} {url} names {path.relative_to(root)}, which the tree does not have")
         elif not path.read_bytes()[:8].startswith(IMAGE_SIGNATURES):
@@ -212,6 +271,7 @@ def check_addresses(root: Path, cmake_text: str, entry: dict) -> List[str]:
 
 def copy_extension(destination: Path, screenshots: Dict[str, Path]) -> None:
     """``slicer_extension/`` (without the release tooling), the license and the screenshots into ``destination``."""
+
     def ignore(folder, names):
         return [n for n in names if n in EXCLUDED_NAMES or os.path.splitext(n)[1] in EXCLUDED_SUFFIXES]
 
@@ -228,8 +288,10 @@ def screenshot_targets(cmake_text: str, entry: dict, files: Sequence[Path]) -> D
     """Each screenshot file under the path its EXTENSION_SCREENSHOTURLS address names, in order."""
     urls = screenshot_urls(cmake_text)
     if len(files) != len(urls):
-        raise ExportError(f"CMakeLists.txt lists {len(urls)} screenshot address(es) but {len(files)} --screenshot "
-                          "file(s) were given; take them in a real 3D Slicer and pass one per address")
+        raise ExportError(
+            f"CMakeLists.txt lists {len(urls)} screenshot address(es) but {len(files)} --screenshot "
+            "file(s) were given; take them in a real 3D Slicer and pass one per address"
+        )
     base = raw_base_url(entry)
     targets = {}
     for url, path in zip(urls, files, strict=True):
@@ -237,7 +299,7 @@ def screenshot_targets(cmake_text: str, entry: dict, files: Sequence[Path]) -> D
             raise ExportError(f"screenshot address {url} is not under {base}")
         if not Path(path).is_file():
             raise ExportError(f"screenshot {path} does not exist")
-        targets[urllib.parse.unquote(url[len(base):])] = Path(path)
+        targets[urllib.parse.unquote(url[len(base) :])] = Path(path)
     return targets
 
 
@@ -254,8 +316,7 @@ def prepare_output(out: Path) -> None:
         if entries:
             raise ExportError(f"{out} is not empty and not a git clone; nothing was changed (use a new folder)")
         return
-    status = subprocess.run(["git", "-C", str(out), "status", "--porcelain"], capture_output=True, text=True,
-                            check=False)
+    status = subprocess.run(["git", "-C", str(out), "status", "--porcelain"], capture_output=True, text=True, check=False)
     if status.returncode != 0:
         raise ExportError(f"{out} has a .git but git cannot read it: {status.stderr.strip().splitlines()[-1:]}")
     if status.stdout.strip():
@@ -299,16 +360,23 @@ def export(out: Path, screenshots: Sequence[Path], entry_file: Path = ENTRY_FILE
         if built.exists():
             shutil.rmtree(built)
     owner, name = repository_of(entry["scm_url"])
-    return [f"push it to {entry['scm_url']} (branch or tag {entry.get('scm_revision') or 'main'})",
-            f"give github.com/{owner}/{name} the topic '{REPOSITORY_TOPIC}' (Settings > About > Topics)",
-            f"submit {entry_file.name} to https://github.com/Slicer/ExtensionsIndex (a pull request)"]
+    return [
+        f"push it to {entry['scm_url']} (branch or tag {entry.get('scm_revision') or 'main'})",
+        f"give github.com/{owner}/{name} the topic '{REPOSITORY_TOPIC}' (Settings > About > Topics)",
+        f"submit {entry_file.name} to https://github.com/Slicer/ExtensionsIndex (a pull request)",
+    ]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="export_extension", description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path, help="new or empty folder, or a clean clone of the extension's repository")
-    parser.add_argument("--screenshot", type=Path, action="append", default=[],
-                        help="a screenshot taken in 3D Slicer, one per EXTENSION_SCREENSHOTURLS address, in order")
+    parser.add_argument(
+        "--screenshot",
+        type=Path,
+        action="append",
+        default=[],
+        help="a screenshot taken in 3D Slicer, one per EXTENSION_SCREENSHOTURLS address, in order",
+    )
     args = parser.parse_args(argv)
     try:
         reminders = export(args.out, args.screenshot)

@@ -112,8 +112,16 @@ class ServerBusy(ServerError):
 
 
 def _error_for(status: int, message: str, code: str) -> ServerError:
-    kind = {401: AuthError, 403: AuthError, 404: NotFound, 400: InvalidRequest, 422: InvalidRequest,
-            413: PayloadTooLarge, 429: ServerBusy, 503: ServerBusy}.get(status, ServerError)
+    kind = {
+        401: AuthError,
+        403: AuthError,
+        404: NotFound,
+        400: InvalidRequest,
+        422: InvalidRequest,
+        413: PayloadTooLarge,
+        429: ServerBusy,
+        503: ServerBusy,
+    }.get(status, ServerError)
     return kind(status, message, code)
 
 
@@ -193,8 +201,9 @@ class _Upload:
 class MedSAMClient:
     """Talks to one ``medsam serve``. Thread-safe; one instance can serve several sessions."""
 
-    def __init__(self, url: str = "http://127.0.0.1:8123", token: Optional[str] = None, timeout: float = 60.0,
-                 poll_interval: float = 0.1) -> None:
+    def __init__(
+        self, url: str = "http://127.0.0.1:8123", token: Optional[str] = None, timeout: float = 60.0, poll_interval: float = 0.1
+    ) -> None:
         """
         Args:
             url: the server's address, e.g. ``http://127.0.0.1:8123``.
@@ -225,9 +234,16 @@ class MedSAMClient:
 
     # ----- sessions -------------------------------------------------------------------------
 
-    def create_session(self, volume: np.ndarray, ijk_to_ras: Sequence[Sequence[float]], modality: str = "ct",
-                       window: Union[str, Sequence[float], None] = None, focus_ijk: Optional[Sequence[int]] = None,
-                       focus_axis: str = "axial", prefetch: bool = True) -> str:
+    def create_session(
+        self,
+        volume: np.ndarray,
+        ijk_to_ras: Sequence[Sequence[float]],
+        modality: str = "ct",
+        window: Union[str, Sequence[float], None] = None,
+        focus_ijk: Optional[Sequence[int]] = None,
+        focus_axis: str = "axial",
+        prefetch: bool = True,
+    ) -> str:
         """Upload a volume once; returns the session id that the other calls take.
 
         Args:
@@ -283,9 +299,17 @@ class MedSAMClient:
 
     # ----- segmentation ---------------------------------------------------------------------
 
-    def segment(self, session_id: str, box_ijk: BoxIJK, axis: str = "axial", propagate: bool = True,
-                points: Optional[Sequence[PointIJK]] = None, progress: Optional[ProgressCallback] = None,
-                cancel: Optional[CancelCheck] = None, label: int = 1) -> np.ndarray:
+    def segment(
+        self,
+        session_id: str,
+        box_ijk: BoxIJK,
+        axis: str = "axial",
+        propagate: bool = True,
+        points: Optional[Sequence[PointIJK]] = None,
+        progress: Optional[ProgressCallback] = None,
+        cancel: Optional[CancelCheck] = None,
+        label: int = 1,
+    ) -> np.ndarray:
         """Segment a box; returns uint8 labels ``[k, j, i]`` of the whole volume, zero outside the
         segmented slices.
 
@@ -306,8 +330,15 @@ class MedSAMClient:
             return decode_labels(answer)
         return self._in_session(session_id, lambda sid: self._run_job(sid, body, progress, cancel))
 
-    def start_job(self, session_id: str, box_ijk: BoxIJK, axis: str = "axial", propagate: bool = True,
-                  points: Optional[Sequence[PointIJK]] = None, label: int = 1) -> str:
+    def start_job(
+        self,
+        session_id: str,
+        box_ijk: BoxIJK,
+        axis: str = "axial",
+        propagate: bool = True,
+        points: Optional[Sequence[PointIJK]] = None,
+        label: int = 1,
+    ) -> str:
         """Start a segmentation in the background; returns its job id (see :meth:`job_status`)."""
         body = _segment_body(box_ijk, axis, propagate, points, label)
         answer = self._in_session(session_id, lambda sid: self._request("POST", f"/sessions/{sid}/jobs", body))
@@ -324,8 +355,9 @@ class MedSAMClient:
 
     # ----- internals ------------------------------------------------------------------------
 
-    def _run_job(self, server_id: str, body: Dict[str, object], progress: Optional[ProgressCallback],
-                 cancel: Optional[CancelCheck]) -> np.ndarray:
+    def _run_job(
+        self, server_id: str, body: Dict[str, object], progress: Optional[ProgressCallback], cancel: Optional[CancelCheck]
+    ) -> np.ndarray:
         base = f"/sessions/{server_id}/jobs"
         status = self._request("POST", base, body)
         job = f"{base}/{_quote(str(status['job_id']))}"
@@ -381,11 +413,16 @@ class MedSAMClient:
             self._limits = self.health()
         limit = int(self._limits.get("max_upload_bytes", 0) or 0)  # type: ignore[arg-type]
         if limit and size > limit:
-            raise PayloadTooLarge(413, f"the volume's upload is {size / 2**20:.1f} MB but the server accepts at most "
-                                       f"{limit / 2**20:.1f} MB (medsam serve --max-upload-mb)", "payload_too_large")
+            raise PayloadTooLarge(
+                413,
+                f"the volume's upload is {size / 2**20:.1f} MB but the server accepts at most "
+                f"{limit / 2**20:.1f} MB (medsam serve --max-upload-mb)",
+                "payload_too_large",
+            )
 
-    def _request(self, method: str, path: str, body: Optional[Dict[str, object]] = None,
-                 raw_body: Optional[bytes] = None) -> Dict[str, object]:
+    def _request(
+        self, method: str, path: str, body: Optional[Dict[str, object]] = None, raw_body: Optional[bytes] = None
+    ) -> Dict[str, object]:
         data = raw_body if raw_body is not None else (json.dumps(body).encode() if body is not None else None)
         request = urllib.request.Request(self.url + path, data=data, method=method)
         request.add_header("Accept", "application/json")
@@ -424,8 +461,9 @@ def _server_error(err: urllib.error.HTTPError) -> ServerError:
     return _error_for(err.code, message, code)
 
 
-def _segment_body(box_ijk: BoxIJK, axis: str, propagate: bool, points: Optional[Sequence[PointIJK]],
-                  label: int) -> Dict[str, object]:
+def _segment_body(
+    box_ijk: BoxIJK, axis: str, propagate: bool, points: Optional[Sequence[PointIJK]], label: int
+) -> Dict[str, object]:
     box = [int(v) for v in box_ijk]
     if len(box) != 6:
         raise ValueError(f"box_ijk has 6 numbers (i0, j0, k0, i1, j1, k1), got {len(box)}")

@@ -24,8 +24,7 @@ class ConsentRequired(RuntimeError):
     def __init__(self, server_url: str):
         self.server_url = server_url
         super().__init__(
-            f"the image has not been sent to {normalize_server_url(server_url)}: "
-            "agree to send images to this server first"
+            f"the image has not been sent to {normalize_server_url(server_url)}: agree to send images to this server first"
         )
 
 

@@ -127,10 +127,10 @@ def _inside_bounding_box(m, low, high, start, stop):
     jk_ras = j_values[:, None, None] * m[:3, 1] + k_values[None, :, None] * m[:3, 2] + m[:3, 3]
     step = max(1, _CHUNK_POINTS // max(1, len(j_values) * len(k_values)))
     for first in range(0, len(i_values), step):
-        chunk = i_values[first:first + step]
+        chunk = i_values[first : first + step]
         ras = chunk[:, None, None, None] * m[:3, 0] + jk_ras[None]
         inside = np.all((ras >= low) & (ras <= high), axis=-1)
-        used[0][first:first + step] |= inside.any(axis=(1, 2))
+        used[0][first : first + step] |= inside.any(axis=(1, 2))
         used[1] |= inside.any(axis=(0, 2))
         used[2] |= inside.any(axis=(0, 1))
     if not used[0].any():

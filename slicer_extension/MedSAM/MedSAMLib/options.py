@@ -24,8 +24,9 @@ WINDOW_CHOICES = tuple(CT_WINDOW_PRESETS) + (CUSTOM_WINDOW,)
 WindowArgument = Optional[Union[str, Tuple[float, float]]]
 
 
-def window_argument(modality: str, preset: str = "abdomen", level: Optional[float] = None,
-                    width: Optional[float] = None) -> WindowArgument:
+def window_argument(
+    modality: str, preset: str = "abdomen", level: Optional[float] = None, width: Optional[float] = None
+) -> WindowArgument:
     """The ``window`` to send: a preset name or (level, width) for CT, None for MR.
 
     Raises ValueError with one sentence for an unknown modality or preset, or a custom window

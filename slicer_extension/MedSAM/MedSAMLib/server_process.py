@@ -67,9 +67,7 @@ class ServerSettings:
 def check_settings(settings: ServerSettings) -> None:
     """Raise ServerProcessError with one sentence when the settings cannot work."""
     if not settings.python:
-        raise ServerProcessError(
-            "choose the Python of an environment where 'pip install \"medsam-monai[serve]\"' was run"
-        )
+        raise ServerProcessError("choose the Python of an environment where 'pip install \"medsam-monai[serve]\"' was run")
     if not _is_executable(settings.python):
         raise ServerProcessError(f"{settings.python} is not an executable Python interpreter")
     if not 1 <= int(settings.port) <= 65535:
@@ -90,12 +88,20 @@ def _is_executable(path: str) -> bool:
 def serve_command(settings: ServerSettings) -> list[str]:
     """The command line that starts the server (the token is passed in the environment)."""
     command = [
-        settings.python, "-m", "medsam_monai.cli", "serve",
-        "--host", settings.host,
-        "--port", str(int(settings.port)),
-        "--variant", settings.variant,
-        "--device", settings.device,
-        "--precision", settings.precision,
+        settings.python,
+        "-m",
+        "medsam_monai.cli",
+        "serve",
+        "--host",
+        settings.host,
+        "--port",
+        str(int(settings.port)),
+        "--variant",
+        settings.variant,
+        "--device",
+        settings.device,
+        "--precision",
+        settings.precision,
     ]
     if settings.checkpoint:
         command += ["--checkpoint", str(settings.checkpoint)]
@@ -184,24 +190,33 @@ class LocalServer:
         options = {}
         if sys.platform == "win32":
             # No console window popping up next to Slicer, and no Ctrl+C from Slicer's console.
-            options["creationflags"] = (getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)
-                                        | getattr(subprocess, "CREATE_NO_WINDOW", 0))
+            options["creationflags"] = getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0) | getattr(
+                subprocess, "CREATE_NO_WINDOW", 0
+            )
         else:
             # Its own session: a Ctrl+C in Slicer's terminal does not reach the server half-way.
             options["start_new_session"] = True
         try:
             self._process = subprocess.Popen(  # noqa: S603 - the command is built from checked settings
-                serve_command(self.settings), stdin=subprocess.DEVNULL, stdout=self._log,
-                stderr=subprocess.STDOUT, env=env, **options,
+                serve_command(self.settings),
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                **options,
             )
         except OSError as error:
             self._close_log()
             raise ServerProcessError(f"cannot start {self.settings.python}: {error}") from None
         _running_servers.add(self)
 
-    def wait_until_ready(self, timeout: float = 120.0, interval: float = 0.5,
-                         probe: Callable[[str, Optional[str]], Optional[dict]] = probe_health,
-                         cancel: Optional[Callable[[], bool]] = None) -> dict:
+    def wait_until_ready(
+        self,
+        timeout: float = 120.0,
+        interval: float = 0.5,
+        probe: Callable[[str, Optional[str]], Optional[dict]] = probe_health,
+        cancel: Optional[Callable[[], bool]] = None,
+    ) -> dict:
         """Block until ``/health`` answers; return its answer.
 
         Raises ServerProcessError (with the end of the server's log) when the process ends first

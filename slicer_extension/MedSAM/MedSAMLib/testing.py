@@ -61,9 +61,17 @@ class ThresholdClient:
         self.calls.append(("create_session", session, modality, window))
         return session
 
-    def segment(self, session_id: str, box_ijk, axis: str = "axial", propagate: bool = True, points=None,
-                progress: Optional[Callable[[int, int], None]] = None,
-                cancel: Optional[Callable[[], bool]] = None, **_ignored) -> np.ndarray:
+    def segment(
+        self,
+        session_id: str,
+        box_ijk,
+        axis: str = "axial",
+        propagate: bool = True,
+        points=None,
+        progress: Optional[Callable[[int, int], None]] = None,
+        cancel: Optional[Callable[[], bool]] = None,
+        **_ignored,
+    ) -> np.ndarray:
         self.calls.append(("segment", session_id, tuple(int(v) for v in box_ijk), axis, propagate, points))
         if self.fail_on_segment is not None:
             raise self.fail_on_segment
@@ -328,8 +336,7 @@ def _serializer_for(datatype):
         return _ScalarSerializer(datatype)
     if _is_mrml_node_class(datatype):
         return _NodeSerializer(datatype)
-    raise TypeError(f"Unable to create serializer for type: {datatype} (this stand-in has str, int, float, bool, "
-                    "MRML nodes)")
+    raise TypeError(f"Unable to create serializer for type: {datatype} (this stand-in has str, int, float, bool, MRML nodes)")
 
 
 @dataclasses.dataclass
@@ -478,8 +485,13 @@ class _NodeComboBoxToNodeConnector(_SignalConnector):
         self._widget.setCurrentNode(value)
 
 
-_GUI_CONNECTORS = (_CheckBoxToBoolConnector, _SpinBoxToIntConnector, _DoubleSpinBoxToFloatConnector,
-                   _LineEditToStrConnector, _NodeComboBoxToNodeConnector)
+_GUI_CONNECTORS = (
+    _CheckBoxToBoolConnector,
+    _SpinBoxToIntConnector,
+    _DoubleSpinBoxToFloatConnector,
+    _LineEditToStrConnector,
+    _NodeComboBoxToNodeConnector,
+)
 
 
 def createGuiConnector(widget, datatype) -> GuiConnector:
@@ -487,8 +499,7 @@ def createGuiConnector(widget, datatype) -> GuiConnector:
     for connector in _GUI_CONNECTORS:
         if connector.canRepresent(widget, datatype):
             return connector.create(widget, datatype)
-    raise RuntimeError(f"Unable to create GUI connector from datatype '{datatype}' to widget type "
-                       f"'{widget.className()}'.")
+    raise RuntimeError(f"Unable to create GUI connector from datatype '{datatype}' to widget type '{widget.className()}'.")
 
 
 class _NodeModify:
@@ -509,8 +520,9 @@ def _parameter_info(wrapper, name: str) -> _ParameterInfo:
     try:
         return wrapper.allParameters[name]
     except KeyError:
-        raise ValueError(f"Cannot find a param with the given name: {name}\n  Found parameters "
-                         f"{list(wrapper.allParameters)}") from None
+        raise ValueError(
+            f"Cannot find a param with the given name: {name}\n  Found parameters {list(wrapper.allParameters)}"
+        ) from None
 
 
 def _init_wrapper(self, parameterNode) -> None:
@@ -569,8 +581,10 @@ def _connect_parameters_to_gui(self, mapping: Dict[str, Any]) -> int:
     """Bind ``{parameter name: widget or GuiConnector}``; returns the tag for disconnectGui."""
     for name in mapping:
         _parameter_info(self, name)
-    connectors = {name: value if isinstance(value, GuiConnector) else createGuiConnector(value, self.dataType(name))
-                  for name, value in mapping.items()}
+    connectors = {
+        name: value if isinstance(value, GuiConnector) else createGuiConnector(value, self.dataType(name))
+        for name, value in mapping.items()
+    }
     tag = self._nextParameterGUIsTag
     self._nextParameterGUIsTag += 1
     self._parameterGUIs[tag] = connectors
@@ -580,7 +594,8 @@ def _connect_parameters_to_gui(self, mapping: Dict[str, Any]) -> int:
     if self._guiObserverTag is None:
         # Slicer adds one such observer per connection and never removes it; one is enough for the same effect.
         self._guiObserverTag = self.parameterNode.AddObserver(
-            _MODIFIED_EVENT, lambda caller, event: _update_gui_from_parameter_node(self))
+            _MODIFIED_EVENT, lambda caller, event: _update_gui_from_parameter_node(self)
+        )
     return tag
 
 
@@ -591,8 +606,9 @@ def _connect_gui(self, gui) -> None:
     without ``return``; v5.10.0 returns the tag): code that must disconnect uses connectParametersToGui.
     """
     widgets = [w for w in vars(gui).values() if hasattr(w, "property")]
-    _connect_parameters_to_gui(self, {w.property(SlicerParameterNamePropertyName): w for w in widgets
-                                      if w.property(SlicerParameterNamePropertyName)})
+    _connect_parameters_to_gui(
+        self, {w.property(SlicerParameterNamePropertyName): w for w in widgets if w.property(SlicerParameterNamePropertyName)}
+    )
 
 
 def _disconnect_gui(self, tag) -> None:
@@ -625,9 +641,14 @@ def _wrap_class(classtype):
         parameters[name] = _ParameterInfo(name, datatype, serializer, validators, default)
         setattr(classtype, name, _parameter_property(name))
     methods = {
-        "allParameters": parameters, "_is_parameter_node_wrapper": True, "dataType": _data_type_function(classtype),
-        "getValue": _get_value, "setValue": _set_value, "connectGui": _connect_gui,
-        "connectParametersToGui": _connect_parameters_to_gui, "disconnectGui": _disconnect_gui,
+        "allParameters": parameters,
+        "_is_parameter_node_wrapper": True,
+        "dataType": _data_type_function(classtype),
+        "getValue": _get_value,
+        "setValue": _set_value,
+        "connectGui": _connect_gui,
+        "connectParametersToGui": _connect_parameters_to_gui,
+        "disconnectGui": _disconnect_gui,
         "StartModify": lambda self: self.parameterNode.StartModify(),
         "EndModify": lambda self, wasModified: self.parameterNode.EndModify(wasModified),
         "AddObserver": lambda self, event, callback, priority=0.0: self.parameterNode.AddObserver(event, callback, priority),

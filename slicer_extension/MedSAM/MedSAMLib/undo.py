@@ -33,17 +33,35 @@ class UndoEntry:
     volume_node_id: str = ""
 
     @classmethod
-    def capture(cls, description: str, segmentation_node_id: str, segment_id: str, created_segment: bool,
-                voxel_axis: int, first_slice: int, last_slice: int, slab_before: np.ndarray,
-                volume_node_id: str = "") -> "UndoEntry":
+    def capture(
+        cls,
+        description: str,
+        segmentation_node_id: str,
+        segment_id: str,
+        created_segment: bool,
+        voxel_axis: int,
+        first_slice: int,
+        last_slice: int,
+        slab_before: np.ndarray,
+        volume_node_id: str = "",
+    ) -> "UndoEntry":
         """An entry holding ``slab_before`` (the segment on the slices, nonzero = inside).
 
         ``volume_node_id`` names the volume whose voxel grid the slices are on.
         """
         values = np.ascontiguousarray(np.asarray(slab_before) > 0)
-        return cls(description, segmentation_node_id, segment_id, created_segment, int(voxel_axis),
-                   int(first_slice), int(last_slice), tuple(values.shape), np.packbits(values).tobytes(),
-                   volume_node_id)
+        return cls(
+            description,
+            segmentation_node_id,
+            segment_id,
+            created_segment,
+            int(voxel_axis),
+            int(first_slice),
+            int(last_slice),
+            tuple(values.shape),
+            np.packbits(values).tobytes(),
+            volume_node_id,
+        )
 
     def slab_before(self) -> np.ndarray:
         """The saved slices as a uint8 array (0/1) of the original shape."""

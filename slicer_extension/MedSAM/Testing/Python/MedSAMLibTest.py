@@ -10,7 +10,6 @@ import time
 import unittest
 
 import numpy as np
-
 from MedSAMLib import consent, geometry, options, server_process, tasks, undo
 
 
@@ -35,8 +34,9 @@ class MedSAMLibTest(unittest.TestCase):
             rng = np.random.default_rng(0)
             for _ in range(50):
                 low, high = rng.uniform(-10, 15, 3), rng.uniform(-10, 15, 3)
-                self.assertEqual(geometry.ras_box_to_ijk(low, high, ijk_to_ras, shape),
-                                 _brute_force_box(low, high, ijk_to_ras, shape))
+                self.assertEqual(
+                    geometry.ras_box_to_ijk(low, high, ijk_to_ras, shape), _brute_force_box(low, high, ijk_to_ras, shape)
+                )
 
     def test_view_axis_and_slicing_axis(self):
         coronal = np.array([[-1.0, 0, 0, 0], [0, 0, 1, 0], [0, 1, 0, 0], [0, 0, 0, 1]])

@@ -1,59 +1,35 @@
-"""MedSAM v1 pre- and post-processing as MONAI transforms.
+"""The maths of MedSAM's (and SAM's) pre- and post-processing, as plain functions.
 
 Reproduces MedSAM's reference pipeline (``pre_CT_MR.py`` for volume intensities,
-``MedSAM_Inference.py`` for slices, boxes and masks) exactly, as numpy maths wrapped in
-MONAI-style array transforms (``monai.transforms.Transform``) with dictionary twins
-(``...d``, ``monai.transforms.MapTransform``). Nothing here knows about the network or files.
+``MedSAM_Inference.py`` for slices, boxes and masks) exactly, in numpy (and torch for masks). The
+array transforms of :mod:`.array` and the dictionary transforms of :mod:`.dictionary` wrap these.
+Nothing here knows about the network or files.
 
-Volume level (any shape; MONAI channel-first volumes are fine):
-    ``CTWindow`` / ``MRNormalize`` / ``IntensityForModality`` -> uint8 values in [0, 255].
-Slice level:
-    ``prepare_slice`` / ``prepare_slices`` / ``PrepareSlice`` -> float32 (3, 1024, 1024) in [0, 1].
-Prompts and outputs:
-    ``scale_box_to_model`` / ``scale_box_from_model`` / ``postprocess_logits``.
+- Intensities: :func:`parse_window`, :func:`ct_window`, :func:`mr_normalize` -> uint8 in [0, 255].
+- Slices: :func:`prepare_slice`, :func:`prepare_slices` -> float32 (3, 1024, 1024) in [0, 1];
+  :func:`resize_label` (nearest neighbour, for training masks); :func:`sam_normalize` (SAM's own
+  pixel mean/std, for SAM checkpoints; MedSAM takes the [0, 1] image).
+- Boxes: :func:`scale_box_to_model`, :func:`scale_box_from_model` (slice pixels <-> 1024 frame).
+- Masks: :func:`upscale_masks` (the one bilinear resize of decoder outputs), :func:`mask_probabilities`,
+  :func:`postprocess_logits`.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.config import KeysCollection
-from monai.transforms import MapTransform, Transform
 from monai.utils import convert_to_dst_type, convert_to_numpy
-from monai.utils.enums import TransformBackends
-from skimage.transform import resize as _skimage_resize
+from skimage.transform import resize as skimage_resize
 
-__all__ = [
-    "CT_WINDOW_PRESETS",
-    "MODEL_INPUT_SIZE",
-    "CTWindow",
-    "CTWindowd",
-    "IntensityForModality",
-    "IntensityForModalityd",
-    "MRNormalize",
-    "MRNormalized",
-    "PrepareSlice",
-    "PrepareSliced",
-    "ct_window",
-    "mr_normalize",
-    "parse_window",
-    "mask_probabilities",
-    "postprocess_logits",
-    "prepare_slice",
-    "prepare_slices",
-    "scale_box_from_model",
-    "scale_box_to_model",
-]
-
-ArrayLike = Union[np.ndarray, torch.Tensor]
-WindowSpec = Union[str, Sequence[float]]
+ArrayLike = np.ndarray | torch.Tensor
+WindowSpec = str | Sequence[float]
 
 #: Side of the square image MedSAM's (and SAM's) image encoder takes.
 MODEL_INPUT_SIZE = 1024
@@ -68,11 +44,16 @@ CT_WINDOW_PRESETS: dict[str, tuple[float, float]] = {
     "bone": (400, 1800),
 }
 
-#: Guards the min-max divisions against a constant input (MedSAM would divide by zero there).
-_EPS = 1e-8
+#: SAM's per-channel normalisation of an RGB image in [0, 255] (segment-anything's ``Sam.pixel_mean``
+#: / ``pixel_std``; transformers' ImageNet mean/std after rescaling by 1/255 are the same numbers).
+SAM_PIXEL_MEAN: tuple[float, float, float] = (123.675, 116.28, 103.53)
+SAM_PIXEL_STD: tuple[float, float, float] = (58.395, 57.12, 57.375)
 
-_MR_NAMES = ("mr", "mri")
-_CT_NAMES = ("ct",)
+#: Guards the min-max divisions against a constant input (MedSAM would divide by zero there).
+EPS = 1e-8
+
+MR_NAMES = ("mr", "mri")
+CT_NAMES = ("ct",)
 
 
 # --------------------------------------------------------------------------------------------
@@ -80,7 +61,7 @@ _CT_NAMES = ("ct",)
 # --------------------------------------------------------------------------------------------
 
 
-def _as_float64(img: ArrayLike) -> np.ndarray:
+def as_float64(img: ArrayLike) -> np.ndarray:
     """``img`` as a float64 numpy array (a copy when the input is not float64 already).
 
     float64 on purpose: MedSAM reads CT/MR with SimpleITK as int16, so numpy does its clip,
@@ -95,28 +76,27 @@ def check_finite(arr: np.ndarray) -> None:
     if not np.all(np.isfinite(arr)):
         bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
         raise ValueError(
-            f"image has NaN or infinite voxels ({bad} of {arr.size}); "
-            "fix or mask them before intensity normalisation"
+            f"image has NaN or infinite voxels ({bad} of {arr.size}); fix or mask them before intensity normalisation"
         )
 
 
-def _minmax_to_255(clipped: np.ndarray) -> np.ndarray:
+def minmax_to_255(clipped: np.ndarray) -> np.ndarray:
     """MedSAM's ``(x - min) / (max - min) * 255.0`` (same operation order, float64).
 
     The range is floored at 1e-8 so a constant volume maps to zeros instead of NaN.
     """
     lo = clipped.min()
-    rng = max(float(clipped.max() - lo), _EPS)
+    rng = max(float(clipped.max() - lo), EPS)
     return (clipped - lo) / rng * 255.0
 
 
-def _to_uint8(values: np.ndarray) -> np.ndarray:
+def to_uint8(values: np.ndarray) -> np.ndarray:
     """``np.uint8(x)`` as MedSAM does: truncation toward zero (values are already in [0, 255])."""
     return values.astype(np.uint8)
 
 
-def _like_input(out: np.ndarray, img: ArrayLike) -> ArrayLike:
-    """Return ``out`` as the type of ``img`` (numpy stays numpy; a MetaTensor keeps its metadata)."""
+def uint8_like(out: np.ndarray, img: ArrayLike) -> ArrayLike:
+    """``out`` as uint8 in the container type of ``img`` (numpy stays numpy; a MetaTensor keeps its metadata)."""
     dtype = torch.uint8 if isinstance(img, torch.Tensor) else np.uint8
     converted, *_ = convert_to_dst_type(out, img, dtype=dtype)
     return converted
@@ -127,12 +107,13 @@ def _like_input(out: np.ndarray, img: ArrayLike) -> ArrayLike:
 # --------------------------------------------------------------------------------------------
 
 
-def _unknown_window(spec: Any) -> ValueError:
+def unknown_window(spec: Any) -> ValueError:
+    """The one-line error for a window spec that is neither a preset nor LEVEL,WIDTH."""
     choices = ", ".join(CT_WINDOW_PRESETS)
     return ValueError(f"unknown window preset {spec!r}; choose one of {choices} or give LEVEL,WIDTH")
 
 
-def _check_level_width(level: float, width: float, spec: Any) -> tuple[float, float]:
+def check_level_width(level: float, width: float, spec: Any) -> tuple[float, float]:
     """Validate a numeric (level, width) pair; ``spec`` is only echoed in the message."""
     if not (math.isfinite(level) and math.isfinite(width)):
         raise ValueError(f"window {spec!r}: level and width must be finite numbers")
@@ -158,20 +139,18 @@ def parse_window(spec: WindowSpec) -> tuple[float, float]:
             return float(preset[0]), float(preset[1])
         parts = text.split(",")
         if len(parts) != 2:
-            raise _unknown_window(spec)
+            raise unknown_window(spec)
         try:
             level, width = float(parts[0]), float(parts[1])
         except ValueError:
             raise ValueError(f"window {spec!r} is not LEVEL,WIDTH numbers (e.g. 40,400)") from None
-        return _check_level_width(level, width, spec)
+        return check_level_width(level, width, spec)
     try:
         level_raw, width_raw = spec  # type: ignore[misc]
         level, width = float(level_raw), float(width_raw)
     except (TypeError, ValueError):
-        raise ValueError(
-            f"window {spec!r} is neither a preset name nor a (level, width) pair of numbers"
-        ) from None
-    return _check_level_width(level, width, spec)
+        raise ValueError(f"window {spec!r} is neither a preset name nor a (level, width) pair of numbers") from None
+    return check_level_width(level, width, spec)
 
 
 def ct_window(img: ArrayLike, window: WindowSpec = "abdomen") -> np.ndarray:
@@ -188,42 +167,10 @@ def ct_window(img: ArrayLike, window: WindowSpec = "abdomen") -> np.ndarray:
         uint8 numpy array, same shape as ``img``.
     """
     level, width = parse_window(window)
-    arr = _as_float64(img)
+    arr = as_float64(img)
     check_finite(arr)
     clipped = np.clip(arr, level - width / 2, level + width / 2)
-    return _to_uint8(_minmax_to_255(clipped))
-
-
-class CTWindow(Transform):
-    """Array transform: CT window + min-max to uint8 [0, 255], as MedSAM's training data.
-
-    Input any shape (HU); output the same shape, uint8, same container type as the input
-    (numpy -> numpy, tensor/MetaTensor -> tensor/MetaTensor with its metadata).
-    """
-
-    backend = [TransformBackends.NUMPY, TransformBackends.TORCH]
-
-    def __init__(self, window: WindowSpec = "abdomen") -> None:
-        self.window = parse_window(window)  # fail at construction, not on the first volume
-
-    def __call__(self, img: ArrayLike) -> ArrayLike:
-        return _like_input(ct_window(img, self.window), img)
-
-
-class CTWindowd(MapTransform):
-    """Dictionary twin of ``CTWindow``."""
-
-    backend = CTWindow.backend
-
-    def __init__(self, keys: KeysCollection, window: WindowSpec = "abdomen", allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.transform = CTWindow(window)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.transform(d[key])
-        return d
+    return to_uint8(minmax_to_255(clipped))
 
 
 # --------------------------------------------------------------------------------------------
@@ -245,113 +192,22 @@ def mr_normalize(img: ArrayLike, lower_percentile: float = 0.5, upper_percentile
     Returns:
         uint8 numpy array, same shape as ``img``.
     """
-    arr = _as_float64(img)
+    arr = as_float64(img)
     check_finite(arr)
     foreground = arr[arr > 0]
     if foreground.size == 0:
         return np.zeros(arr.shape, dtype=np.uint8)
     lower = np.percentile(foreground, lower_percentile)
     upper = np.percentile(foreground, upper_percentile)
-    scaled = _minmax_to_255(np.clip(arr, lower, upper))
+    scaled = minmax_to_255(np.clip(arr, lower, upper))
     scaled[arr == 0] = 0  # MedSAM keeps the (zero) background black after the clip lifted it
-    return _to_uint8(scaled)
+    return to_uint8(scaled)
 
 
-class MRNormalize(Transform):
-    """Array transform: MedSAM's MR percentile clip + min-max to uint8 [0, 255].
-
-    Input any shape; output the same shape, uint8, same container type as the input.
-    """
-
-    backend = [TransformBackends.NUMPY, TransformBackends.TORCH]
-
-    def __init__(self, lower_percentile: float = 0.5, upper_percentile: float = 99.5) -> None:
-        if not 0 <= lower_percentile < upper_percentile <= 100:
-            raise ValueError(
-                f"need 0 <= lower_percentile < upper_percentile <= 100, got {lower_percentile}, {upper_percentile}"
-            )
-        self.lower_percentile = lower_percentile
-        self.upper_percentile = upper_percentile
-
-    def __call__(self, img: ArrayLike) -> ArrayLike:
-        out = mr_normalize(img, self.lower_percentile, self.upper_percentile)
-        return _like_input(out, img)
-
-
-class MRNormalized(MapTransform):
-    """Dictionary twin of ``MRNormalize``."""
-
-    backend = MRNormalize.backend
-
-    def __init__(
-        self,
-        keys: KeysCollection,
-        lower_percentile: float = 0.5,
-        upper_percentile: float = 99.5,
-        allow_missing_keys: bool = False,
-    ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.transform = MRNormalize(lower_percentile, upper_percentile)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.transform(d[key])
-        return d
-
-
-# --------------------------------------------------------------------------------------------
-# modality dispatch
-# --------------------------------------------------------------------------------------------
-
-
-class IntensityForModality(Transform):
-    """Array transform: ``CTWindow`` for CT, ``MRNormalize`` for MR, chosen by name.
-
-    Args:
-        modality: "ct", "mr" or "mri" (case-insensitive).
-        window: CT window spec (default "abdomen"); must be None for MR.
-    """
-
-    backend = [TransformBackends.NUMPY, TransformBackends.TORCH]
-
-    def __init__(self, modality: str = "ct", window: WindowSpec | None = None) -> None:
-        name = str(modality).strip().lower()
-        if name in _CT_NAMES:
-            self.transform: Transform = CTWindow("abdomen" if window is None else window)
-        elif name in _MR_NAMES:
-            if window is not None:
-                raise ValueError(f"a CT window ({window!r}) was given for modality {modality!r}; MR takes none")
-            self.transform = MRNormalize()
-        else:
-            choices = ", ".join(_CT_NAMES + _MR_NAMES)
-            raise ValueError(f"unknown modality {modality!r}; choose one of {choices}")
-        self.modality = name
-
-    def __call__(self, img: ArrayLike) -> ArrayLike:
-        return self.transform(img)
-
-
-class IntensityForModalityd(MapTransform):
-    """Dictionary twin of ``IntensityForModality``."""
-
-    backend = IntensityForModality.backend
-
-    def __init__(
-        self,
-        keys: KeysCollection,
-        modality: str = "ct",
-        window: WindowSpec | None = None,
-        allow_missing_keys: bool = False,
-    ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.transform = IntensityForModality(modality, window)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.transform(d[key])
-        return d
+def check_percentiles(lower_percentile: float, upper_percentile: float) -> None:
+    """One-line ValueError unless 0 <= lower < upper <= 100."""
+    if not 0 <= lower_percentile < upper_percentile <= 100:
+        raise ValueError(f"need 0 <= lower_percentile < upper_percentile <= 100, got {lower_percentile}, {upper_percentile}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -359,9 +215,9 @@ class IntensityForModalityd(MapTransform):
 # --------------------------------------------------------------------------------------------
 
 
-def _as_2d_slice(slice_2d: ArrayLike) -> np.ndarray:
+def as_2d_slice(slice_2d: ArrayLike) -> np.ndarray:
     """A (H, W) float64 slice; a MONAI channel-first (1, H, W) slice is accepted too."""
-    arr = _as_float64(slice_2d)
+    arr = as_float64(slice_2d)
     if arr.ndim == 3 and arr.shape[0] == 1:
         arr = arr[0]
     if arr.ndim != 2:
@@ -370,20 +226,18 @@ def _as_2d_slice(slice_2d: ArrayLike) -> np.ndarray:
     return arr
 
 
-def _resize_01(grey: np.ndarray, size: int, mode: str, uint8_after_resize: bool = False) -> np.ndarray:
+def resize_01(grey: np.ndarray, size: int, mode: str, uint8_after_resize: bool = False) -> np.ndarray:
     """Resize one (H, W) float64 slice to (size, size) and min-max it to [0, 1] (float64).
 
     MedSAM resizes the 3-channel repeat; the channels are identical and scikit-image treats
     the last axis as channels, so resizing the grey slice once gives the same values (to
     ~1e-13) at a fraction of the cost (the channel axis also goes through the spline zoom).
     """
-    resized = _skimage_resize(
-        grey, (size, size), order=3, preserve_range=True, anti_aliasing=True, mode=mode
-    )
+    resized = skimage_resize(grey, (size, size), order=3, preserve_range=True, anti_aliasing=True, mode=mode)
     if uint8_after_resize:
         # MedSAM_Inference.py truncates the resized image to uint8 before the min-max
         resized = resized.astype(np.uint8).astype(np.float64)
-    return (resized - resized.min()) / np.clip(resized.max() - resized.min(), a_min=_EPS, a_max=None)
+    return (resized - resized.min()) / np.clip(resized.max() - resized.min(), a_min=EPS, a_max=None)
 
 
 def prepare_slice(
@@ -393,7 +247,7 @@ def prepare_slice(
 
     Stretch-resize to (size, size) with scikit-image (cubic spline, anti-aliasing, range
     preserved; the aspect ratio is NOT kept), min-max to [0, 1], repeat to 3 channels.
-    No SAM pixel mean/std: MedSAM's encoder takes the [0, 1] image.
+    No SAM pixel mean/std: MedSAM's encoder takes the [0, 1] image (see :func:`sam_normalize`).
 
     Args:
         slice_2d: (H, W) (or (1, H, W)), typically the uint8 output of ``CTWindow``/``MRNormalize``.
@@ -408,7 +262,7 @@ def prepare_slice(
     Returns:
         float32 tensor (3, size, size) in [0, 1].
     """
-    out = _resize_01(_as_2d_slice(slice_2d), size, mode, uint8_after_resize)
+    out = resize_01(as_2d_slice(slice_2d), size, mode, uint8_after_resize)
     return torch.from_numpy(out).float().unsqueeze(0).repeat(3, 1, 1)
 
 
@@ -433,7 +287,7 @@ def prepare_slices(
     Returns:
         float32 tensor (N, 3, size, size); memory is 12 MiB per slice at size 1024.
     """
-    stack = _as_float64(volume_slices)
+    stack = as_float64(volume_slices)
     if stack.ndim != 3:
         raise ValueError(f"expected slices (N, H, W), got shape {tuple(stack.shape)}")
     check_finite(stack)
@@ -443,7 +297,7 @@ def prepare_slices(
         return out
 
     def work(i: int) -> None:
-        out[i] = torch.from_numpy(_resize_01(stack[i], size, mode, uint8_after_resize)).float()  # broadcast to 3 channels
+        out[i] = torch.from_numpy(resize_01(stack[i], size, mode, uint8_after_resize)).float()  # broadcast to 3 channels
 
     workers = max(1, min(n, num_workers or os.cpu_count() or 1))
     if workers == 1:
@@ -455,49 +309,44 @@ def prepare_slices(
     return out
 
 
-class PrepareSlice(Transform):
-    """Array transform: (H, W) or (1, H, W) slice -> float32 tensor (3, size, size) in [0, 1]."""
-
-    backend = [TransformBackends.NUMPY, TransformBackends.TORCH]
-
-    def __init__(self, size: int = MODEL_INPUT_SIZE, mode: str = "reflect", uint8_after_resize: bool = False) -> None:
-        self.size = size
-        self.mode = mode
-        self.uint8_after_resize = uint8_after_resize
-
-    def __call__(self, img: ArrayLike) -> torch.Tensor:
-        return prepare_slice(img, self.size, self.mode, self.uint8_after_resize)
+def resize_label(label_slice: np.ndarray, size: int = MODEL_INPUT_SIZE) -> np.ndarray:
+    """A (H, W) label slice stretched to (size, size) by nearest neighbour, as MedSAM's ``pre_CT_MR.py``."""
+    resized = skimage_resize(label_slice, (size, size), order=0, preserve_range=True, mode="constant", anti_aliasing=False)
+    return resized.astype(label_slice.dtype)
 
 
-class PrepareSliced(MapTransform):
-    """Dictionary twin of ``PrepareSlice``."""
+def sam_normalize(images: ArrayLike) -> ArrayLike:
+    """SAM's input normalisation: ``(x - pixel_mean) / pixel_std`` per RGB channel, for x in [0, 255].
 
-    backend = PrepareSlice.backend
+    This is what SAM checkpoints (``sam_vit_*``) expect after their longest-side resize and before
+    their zero padding; MedSAM does not use it (its encoder takes the [0, 1] image of
+    :func:`prepare_slice`).
 
-    def __init__(
-        self,
-        keys: KeysCollection,
-        size: int = MODEL_INPUT_SIZE,
-        mode: str = "reflect",
-        uint8_after_resize: bool = False,
-        allow_missing_keys: bool = False,
-    ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.transform = PrepareSlice(size, mode, uint8_after_resize)
+    Args:
+        images: channel-first (3, H, W) or a batch (B, 3, H, W), numpy or torch, values in [0, 255].
 
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.transform(d[key])
-        return d
+    Returns:
+        float32 (numpy) or floating (torch, the input's float dtype or float32) of the same shape.
+    """
+    if images.ndim not in (3, 4) or images.shape[-3] != 3:
+        raise ValueError(f"expected RGB images (3, H, W) or (B, 3, H, W), got shape {tuple(images.shape)}")
+    if isinstance(images, torch.Tensor):
+        dtype = images.dtype if images.is_floating_point() else torch.float32
+        mean = torch.tensor(SAM_PIXEL_MEAN, dtype=dtype, device=images.device).view(3, 1, 1)
+        std = torch.tensor(SAM_PIXEL_STD, dtype=dtype, device=images.device).view(3, 1, 1)
+        return (images.to(dtype) - mean) / std
+    array = np.asarray(images, dtype=np.float32)
+    mean_np = np.asarray(SAM_PIXEL_MEAN, dtype=np.float32).reshape(3, 1, 1)
+    std_np = np.asarray(SAM_PIXEL_STD, dtype=np.float32).reshape(3, 1, 1)
+    return (array - mean_np) / std_np
 
 
 # --------------------------------------------------------------------------------------------
-# boxes
+# boxes: slice pixels <-> the model frame
 # --------------------------------------------------------------------------------------------
 
 
-def _box_wh(slice_shape_hw: Sequence[int]) -> np.ndarray:
+def box_wh(slice_shape_hw: Sequence[int]) -> np.ndarray:
     """The slice's (W, H, W, H), matching the (x0, y0, x1, y1) coordinate order."""
     h, w = (int(v) for v in slice_shape_hw)
     if h <= 0 or w <= 0:
@@ -505,7 +354,8 @@ def _box_wh(slice_shape_hw: Sequence[int]) -> np.ndarray:
     return np.array([w, h, w, h], dtype=np.float64)
 
 
-def _as_boxes(box_xyxy: ArrayLike | Sequence[float]) -> np.ndarray:
+def as_xyxy_boxes(box_xyxy: ArrayLike | Sequence[float]) -> np.ndarray:
+    """Box(es) as a float64 (..., 4) array of (x0, y0, x1, y1); one-line ValueError otherwise."""
     boxes = np.asarray(convert_to_numpy(box_xyxy), dtype=np.float64)
     if boxes.shape[-1:] != (4,):
         raise ValueError(f"boxes must be (..., 4) as (x0, y0, x1, y1), got shape {boxes.shape}")
@@ -528,14 +378,14 @@ def scale_box_to_model(
         float64 array, same shape as ``box_xyxy``.
     """
     # MedSAM's exact operation order: box / [W, H, W, H] * 1024
-    return _as_boxes(box_xyxy) / _box_wh(slice_shape_hw) * size
+    return as_xyxy_boxes(box_xyxy) / box_wh(slice_shape_hw) * size
 
 
 def scale_box_from_model(
     box_xyxy: ArrayLike | Sequence[float], slice_shape_hw: Sequence[int], size: int = MODEL_INPUT_SIZE
 ) -> np.ndarray:
     """Inverse of ``scale_box_to_model``: model-frame box(es) -> slice pixels (x * W / size, y * H / size)."""
-    return _as_boxes(box_xyxy) / size * _box_wh(slice_shape_hw)
+    return as_xyxy_boxes(box_xyxy) / size * box_wh(slice_shape_hw)
 
 
 # --------------------------------------------------------------------------------------------
@@ -543,10 +393,29 @@ def scale_box_from_model(
 # --------------------------------------------------------------------------------------------
 
 
+def upscale_masks(masks: torch.Tensor, size_hw: Sequence[int]) -> torch.Tensor:
+    """The bilinear resize (align_corners=False) of decoder outputs, as MedSAM does it everywhere.
+
+    Used on probabilities at inference (:func:`mask_probabilities`) and on logits in training
+    (``MedSAMTrainNet``, the loss at 1024), so both see the same interpolation.
+
+    Args:
+        masks: (P, M, h, w) mask logits or probabilities, typically (P, 1, 256, 256).
+        size_hw: the (H, W) to resize to.
+
+    Returns:
+        (P, M, H, W), same dtype and device.
+    """
+    if masks.ndim != 4:
+        raise ValueError(f"expected masks (P, M, h, w), got shape {tuple(masks.shape)}")
+    h, w = (int(v) for v in size_hw)
+    return F.interpolate(masks, size=(h, w), mode="bilinear", align_corners=False)
+
+
 def mask_probabilities(low_res_logits: torch.Tensor, slice_shape_hw: Sequence[int]) -> torch.Tensor:
     """Low-res decoder logits -> float32 probabilities at the slice size, as ``MedSAM_Inference.py``.
 
-    Sigmoid first, then ONE bilinear resize (align_corners=False) straight to (H, W). (SAM's own
+    Sigmoid first, then ONE bilinear resize (:func:`upscale_masks`) straight to (H, W). (SAM's own
     postprocess resizes logits via 1024 and unpads; MedSAM does not.)
 
     Args:
@@ -558,10 +427,8 @@ def mask_probabilities(low_res_logits: torch.Tensor, slice_shape_hw: Sequence[in
     """
     if low_res_logits.ndim != 4:
         raise ValueError(f"expected logits (P, M, h, w), got shape {tuple(low_res_logits.shape)}")
-    h, w = (int(v) for v in slice_shape_hw)
     # float32: half-precision logits (autocast) would round the 0.5 threshold and may lack CPU kernels
-    probs = torch.sigmoid(low_res_logits.float())
-    return F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
+    return upscale_masks(torch.sigmoid(low_res_logits.float()), slice_shape_hw)
 
 
 def postprocess_logits(low_res_logits: torch.Tensor, slice_shape_hw: Sequence[int]) -> torch.Tensor:
