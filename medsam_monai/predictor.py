@@ -1,4 +1,5 @@
-"""MedSAMPredictor: box/point/mask prompts on slices of a volume, and MedSAM's 3D propagation.
+"""MedSAMPredictor: box/point/mask prompts on slices of a volume, and MedSAM's 3D propagation
+(:mod:`medsam_monai.propagation`).
 
 The predictor works on a volume already in the display frame: an (S, H, W) array of slices as the
 network must see them (radiological orientation, intensities already windowed/normalised to
@@ -9,8 +10,7 @@ network must see them (radiological orientation, intensities already windowed/no
 from __future__ import annotations
 
 import hashlib
-import threading
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from os import PathLike
 
@@ -21,17 +21,27 @@ from .checkpoints import build_sam
 from .embedding_cache import EmbeddingCache
 from .networks import Sam
 from .precision import autocast, check_precision
+from .propagation import (  # re-exported: callers import them from here
+    PROPAGATION_MARGIN_1024,
+    CancelCheck,
+    Cancelled,
+    ObjectPrompt,
+    ProgressCallback,
+    check_cancel,
+    propagate,
+)
 from .transforms import mask_probabilities, prepare_slices, scale_box_to_model
 
-# MedSAM's propagation enlarges the previous slice's mask box by 3 px at LiteMedSAM's 256 scale.
-PROPAGATION_MARGIN_1024 = 12
-
-ProgressCallback = Callable[[int, int], None]
-CancelCheck = Callable[[], bool] | threading.Event
-
-
-class Cancelled(RuntimeError):
-    """Raised when the caller cancelled a running prediction."""
+__all__ = [
+    "PROPAGATION_MARGIN_1024",
+    "CancelCheck",
+    "Cancelled",
+    "MedSAMPredictor",
+    "ObjectPrompt",
+    "ProgressCallback",
+    "SlicePrediction",
+    "volume_fingerprint",
+]
 
 
 @dataclass
@@ -42,18 +52,6 @@ class SlicePrediction:
     iou: np.ndarray  # (M,) predicted IoU
     low_res_logits: torch.Tensor  # (M, 256, 256), reusable as a mask prompt
     probabilities: np.ndarray  # (M, H, W) float32 at the slice size
-
-
-@dataclass(frozen=True)
-class ObjectPrompt:
-    """One object to segment in 3D: a box over slices ``z0..z1`` and the label value it gets.
-
-    ``box`` is ``(x0, y0, z0, x1, y1, z1)`` in the display frame (x column, y row, z slice),
-    inclusive. The 2D part is the box on the key slice ``int((z1 - z0) / 2 + z0)``.
-    """
-
-    box: tuple[float, float, int, float, float, int]
-    label: int = 1
 
 
 def volume_fingerprint(volume: np.ndarray) -> str:
@@ -138,7 +136,7 @@ class MedSAMPredictor:
             else:
                 found[index] = cached
         for start in range(0, len(missing), self.encode_batch_size):
-            _check_cancel(cancel)
+            check_cancel(cancel)
             batch = missing[start : start + self.encode_batch_size]
             for index, embedding in zip(batch, self.encode(volume[batch])):
                 embedding = embedding.clone()  # do not keep the whole batch alive through a view
@@ -234,108 +232,21 @@ class MedSAMPredictor:
         stop_when_empty: bool = False,
         margin: float = PROPAGATION_MARGIN_1024,
     ) -> np.ndarray:
-        """MedSAM's 3D inference (LiteMedSAM): one box per object, propagated slice by slice.
-
-        For each object: the key slice ``int((z1 - z0) / 2 + z0)`` gets the user's box; going up to
-        ``z1`` and down to ``z0``, each slice gets the tight box of the previous slice's mask,
-        enlarged by ``margin`` pixels of the 1024 frame on every side and clipped to the image, or
-        the user's box again when the previous mask is empty. No early stop unless
-        ``stop_when_empty``. Where the masks of several objects overlap, the voxel goes to the object
-        whose mask is the most probable there (the first of them on a tie), so the result does not
-        depend on the order of the objects and a mask that leaks into its neighbour does not
-        overwrite it.
+        """MedSAM's 3D inference (LiteMedSAM), one box (and optional points) per object: see
+        :func:`medsam_monai.propagation.propagate`, which this runs with this predictor.
 
         Args:
             volume: (S, H, W) display volume.
-            objects: boxes ``(x0, y0, z0, x1, y1, z1)`` (inclusive) and their label values.
+            objects: boxes ``(x0, y0, z0, x1, y1, z1)`` (inclusive), their label values and points.
             progress: called with (slices done, slices in all objects) after each slice.
             cancel: an Event or a callable; when set, :class:`Cancelled` is raised between slices.
 
         Returns:
             (S, H, W) label volume: 0 background, each object's label on its voxels.
         """
-        key = volume_fingerprint(volume) if volume_key is None else volume_key
-        dtype = np.uint8 if max((o.label for o in objects), default=0) < 256 else np.uint16
-        labels = np.zeros(volume.shape, dtype=dtype)
-        # probability of the label written at each voxel; needed only to settle overlaps
-        written = np.zeros(volume.shape, dtype=np.float32) if len(objects) > 1 else None
-        plans = [_validated_plan(o, volume.shape) for o in objects]
-        total = sum(len(order) for _, order in plans)
-        done = 0
-        for obj, (user_box, order) in zip(objects, plans):
-            masks: dict[int, np.ndarray] = {}
-            probabilities: dict[int, np.ndarray] = {}
-            encoded: dict[int, torch.Tensor] = {}
-            for step, (z, previous) in enumerate(order):
-                _check_cancel(cancel)
-                if stop_when_empty and previous is not None and not masks[previous].any():
-                    masks[z] = np.zeros(volume.shape[1:], dtype=bool)
-                else:
-                    if z not in encoded:  # encode this slice and the next ones in one batch
-                        batch = [zz for zz, _ in order[step : step + self.encode_batch_size]]
-                        encoded = dict(zip(batch, self.slice_embeddings(volume, batch, key, cancel=cancel)))
-                    embedding = encoded[z]
-                    box = self._propagated_box(masks.get(previous), user_box, volume.shape[1:], margin)
-                    prediction = self.predict_from_embedding(embedding, volume.shape[1:], box=box, box_in_model_frame=True)
-                    masks[z] = prediction.masks[0]
-                    if written is not None:
-                        probabilities[z] = prediction.probabilities[0]
-                done += 1
-                if progress is not None:
-                    progress(done, total)
-            for z, mask in masks.items():
-                if written is None:
-                    labels[z][mask] = obj.label
-                elif z in probabilities:
-                    wins = mask & (probabilities[z] > written[z])
-                    labels[z][wins] = obj.label
-                    written[z][wins] = probabilities[z][wins]
-        return labels
-
-    def _propagated_box(
-        self, previous_mask: np.ndarray | None, user_box: np.ndarray, shape: tuple[int, int], margin: float
-    ) -> np.ndarray:
-        """The box in the 1024 frame for the next slice (see :meth:`segment_3d`)."""
-        if previous_mask is None or not previous_mask.any():
-            return scale_box_to_model(user_box, shape, self.image_size)
-        rows = np.flatnonzero(previous_mask.any(axis=1))
-        cols = np.flatnonzero(previous_mask.any(axis=0))
-        tight = np.array([cols[0], rows[0], cols[-1], rows[-1]], dtype=np.float64)
-        box = scale_box_to_model(tight, shape, self.image_size) + np.array([-margin, -margin, margin, margin])
-        return np.clip(box, 0, self.image_size - 1)
-
-
-def _validated_plan(obj: ObjectPrompt, shape: tuple[int, int, int]) -> tuple[np.ndarray, list[tuple[int, int | None]]]:
-    """The user's 2D box and the slice order ``[(z, slice whose mask gives z's box), ...]``."""
-    if len(obj.box) != 6:
-        raise ValueError(f"a 3D box has 6 numbers (x0, y0, z0, x1, y1, z1), got {len(obj.box)}")
-    x0, y0, z0, x1, y1, z1 = obj.box
-    if not all(np.isfinite(obj.box)):
-        raise ValueError(f"box {tuple(obj.box)} has a non-finite coordinate")
-    if x0 > x1 or y0 > y1 or z0 > z1:
-        raise ValueError(f"box {tuple(obj.box)} is reversed: give the lower corner first")
-    if z0 != int(z0) or z1 != int(z1):
-        raise ValueError(f"box slice range {z0}..{z1} must be whole slice indices")
-    s, h, w = shape
-    if x0 < 0 or y0 < 0 or z0 < 0 or x1 > w - 1 or y1 > h - 1 or z1 > s - 1:
-        raise ValueError(f"box {tuple(obj.box)} is outside the volume (slices 0..{s - 1}, rows 0..{h - 1}, columns 0..{w - 1})")
-    if obj.label <= 0:
-        raise ValueError(f"label values start at 1, got {obj.label}")
-    z0, z1 = int(z0), int(z1)
-    z_mid = int((z1 - z0) / 2 + z0)
-    order: list[tuple[int, int | None]] = [(z_mid, None)]
-    order += [(z, z - 1) for z in range(z_mid + 1, z1 + 1)]
-    order += [(z, z + 1) for z in range(z_mid - 1, z0 - 1, -1)]
-    return np.array([x0, y0, x1, y1], dtype=np.float64), order
+        return propagate(self, volume, objects, volume_key, progress, cancel, stop_when_empty, margin)
 
 
 def _check_slice_index(index: int, count: int) -> None:
     if not 0 <= index < count:
         raise ValueError(f"slice {index} is outside the volume (0..{count - 1})")
-
-
-def _check_cancel(cancel: CancelCheck | None) -> None:
-    if cancel is None:
-        return
-    if cancel.is_set() if isinstance(cancel, threading.Event) else cancel():
-        raise Cancelled("cancelled")

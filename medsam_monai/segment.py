@@ -16,6 +16,7 @@ import numpy as np
 from .io import Volume
 from .orientation import box_ijk_to_display, display_layout, from_display, parse_axis, to_display
 from .predictor import CancelCheck, MedSAMPredictor, ObjectPrompt, ProgressCallback
+from .propagation import key_slice
 from .transforms import IntensityForModality
 
 # one home of voxel boxes, below the predictor; ras_box_to_voxel_box is re-exported for the faces
@@ -109,5 +110,5 @@ def key_slices_ijk(boxes: BoxLike | Sequence[BoxLike], volume: Volume, axis: str
     keys = []
     for item in as_voxel_boxes(boxes):
         s0, _, _, s1, _, _ = box_ijk_to_display(check_voxel_box(item.box, volume.shape), volume.shape, layout)
-        keys.append(int((s1 - s0) / 2 + s0))
+        keys.append(key_slice(s0, s1))
     return keys

@@ -18,13 +18,8 @@ import numpy as np
 
 from ..io import Volume
 from ..orientation import DisplayLayout, box_ijk_to_display, from_display, ijk_to_display_index
-from ..predictor import (
-    PROPAGATION_MARGIN_1024,
-    Cancelled,
-    MedSAMPredictor,
-    ObjectPrompt,
-    _validated_plan,  # MedSAM's slice order, shared so that both paths propagate alike
-)
+from ..predictor import Cancelled, MedSAMPredictor, ObjectPrompt
+from ..propagation import SlicePoints, key_slice
 from ..segment import check_voxel_box, ras_box_to_voxel_box
 from .models import Point, SegmentRequest
 from .runtime import embedding_key
@@ -82,8 +77,8 @@ def plan_segment(session: Session, request: SegmentRequest) -> SegmentPlan:
     layout = session.layout(request.axis)
     box = box_ijk_to_display(box_ijk, session.shape, layout)
     s0, s1 = box[0], box[3]
-    key_slice = int((s1 - s0) / 2 + s0)
-    first, last = (s0, s1) if request.propagate else (key_slice, key_slice)
+    key = key_slice(s0, s1)
+    first, last = (s0, s1) if request.propagate else (key, key)
     points = tuple(_display_point(p, session, layout) for p in request.points)
     for point, given in zip(points, request.points):
         if not first <= point.slice <= last:
@@ -142,12 +137,8 @@ def run_segment(
         labels = _segment_key_slice(predictor, display, key, plan)
         if progress is not None:
             progress(1, 1)
-    elif plan.points:
-        labels = _propagate_with_points(predictor, display, key, plan, progress, cancel)
     else:
-        s0, r0, c0, s1, r1, c1 = plan.box
-        obj = ObjectPrompt((c0, r0, s0, c1, r1, s1), label=plan.label)
-        labels = predictor.segment_3d(display, [obj], volume_key=key, progress=progress, cancel=cancel)
+        labels = predictor.segment_3d(display, [object_prompt(plan)], volume_key=key, progress=progress, cancel=cancel)
     return _outcome(labels, plan, time.perf_counter() - start)
 
 
@@ -156,6 +147,16 @@ def _prompt_points(points: Sequence[DisplayPoint]) -> tuple[np.ndarray | None, l
     if not points:
         return None, None
     return np.array([[p.col, p.row] for p in points], dtype=np.float64), [int(p.positive) for p in points]
+
+
+def object_prompt(plan: SegmentPlan) -> ObjectPrompt:
+    """The plan as the propagation takes it: its display box and each slice's points."""
+    s0, r0, c0, s1, r1, c1 = plan.box
+    points: dict[int, SlicePoints] = {}
+    for point in plan.points:  # (x, y) = (column, row), labels 1 positive / 0 negative
+        coords, labels = points.get(point.slice, ((), ()))
+        points[point.slice] = ((*coords, (float(point.col), float(point.row))), (*labels, int(point.positive)))
+    return ObjectPrompt((c0, r0, s0, c1, r1, s1), label=plan.label, points=points)
 
 
 def _segment_key_slice(predictor: MedSAMPredictor, display: np.ndarray, key: object, plan: SegmentPlan) -> np.ndarray:
@@ -167,37 +168,6 @@ def _segment_key_slice(predictor: MedSAMPredictor, display: np.ndarray, key: obj
     )
     labels = np.zeros(display.shape, dtype=np.uint8)
     labels[plan.first][prediction.masks[0]] = plan.label
-    return labels
-
-
-def _propagate_with_points(
-    predictor: MedSAMPredictor,
-    display: np.ndarray,
-    key: object,
-    plan: SegmentPlan,
-    progress: ProgressCallback | None,
-    cancel: CancelCheck | None,
-) -> np.ndarray:
-    """MedSAM's propagation (as ``MedSAMPredictor.segment_3d``) with each slice's points added to
-    its box prompt."""
-    s0, r0, c0, s1, r1, c1 = plan.box
-    user_box, order = _validated_plan(ObjectPrompt((c0, r0, s0, c1, r1, s1), plan.label), display.shape)
-    by_slice: dict[int, list[DisplayPoint]] = {}
-    for point in plan.points:
-        by_slice.setdefault(point.slice, []).append(point)
-    labels = np.zeros(display.shape, dtype=np.uint8)
-    masks: dict[int, np.ndarray] = {}
-    for step, (z, previous) in enumerate(order, start=1):
-        _raise_if_cancelled(cancel)
-        (embedding,) = predictor.slice_embeddings(display, [z], volume_key=key)
-        box = predictor._propagated_box(masks.get(previous), user_box, display.shape[1:], PROPAGATION_MARGIN_1024)
-        coords, point_labels = _prompt_points(by_slice.get(z, []))
-        masks[z] = predictor.predict_from_embedding(
-            embedding, display.shape[1:], box=box, points=coords, point_labels=point_labels, box_in_model_frame=True
-        ).masks[0]
-        labels[z][masks[z]] = plan.label
-        if progress is not None:
-            progress(step, len(order))
     return labels
 
 
