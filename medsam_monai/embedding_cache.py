@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 
 import torch
 
@@ -56,6 +56,25 @@ class EmbeddingCache:
             while self._bytes > self.max_bytes:
                 _, evicted = self._items.popitem(last=False)
                 self._bytes -= self._nbytes(evicted)
+
+    @property
+    def free_bytes(self) -> int:
+        """Room left before a ``put`` evicts anything."""
+        with self._lock:
+            return self.max_bytes - self._bytes
+
+    def count_matching(self, predicate: Callable[[Hashable], bool]) -> int:
+        """How many stored keys ``predicate`` accepts (hits and misses unchanged)."""
+        with self._lock:
+            return sum(1 for key in self._items if predicate(key))
+
+    def drop(self, predicate: Callable[[Hashable], bool]) -> int:
+        """Remove every entry whose key ``predicate`` accepts; returns the bytes freed."""
+        with self._lock:
+            doomed = [key for key in self._items if predicate(key)]
+            freed = sum(self._nbytes(self._items.pop(key)) for key in doomed)
+            self._bytes -= freed
+            return freed
 
     def clear(self) -> None:
         with self._lock:

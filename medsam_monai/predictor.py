@@ -9,8 +9,9 @@ network must see them (radiological orientation, intensities already windowed/no
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from os import PathLike
 
@@ -34,6 +35,7 @@ from .transforms import mask_probabilities, prepare_slices, scale_box_to_model
 
 __all__ = [
     "PROPAGATION_MARGIN_1024",
+    "CallGuard",
     "CancelCheck",
     "Cancelled",
     "MedSAMPredictor",
@@ -42,6 +44,9 @@ __all__ = [
     "SlicePrediction",
     "volume_fingerprint",
 ]
+
+# Called around each network call (one encoder batch, one decoder call): a server's turn-taking gate.
+CallGuard = Callable[[], contextlib.AbstractContextManager[object]]
 
 
 @dataclass
@@ -72,6 +77,8 @@ class MedSAMPredictor:
         precision: str = "fp32",
         cache_bytes: int = 1 << 30,
         encode_batch_size: int | None = None,
+        cache: EmbeddingCache | None = None,
+        call_guard: CallGuard = contextlib.nullcontext,
     ) -> None:
         """
         Args:
@@ -81,11 +88,16 @@ class MedSAMPredictor:
             cache_bytes: budget of the embedding cache (4 MB per ViT-B slice at fp32).
             encode_batch_size: slices per encoder call; default 1 on CPU (no gain there, more
                 memory) and 4 on GPUs.
+            cache: an embedding cache to share (e.g. with another predictor on the same model)
+                instead of a new one of ``cache_bytes``.
+            call_guard: a context-manager factory entered around each network call (an encoder
+                batch, a decoder call); default: none.
         """
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model = model.to(self.device).eval()
         self.precision = check_precision(precision)
-        self.cache = EmbeddingCache(cache_bytes)
+        self.cache = EmbeddingCache(cache_bytes) if cache is None else cache
+        self.call_guard = call_guard
         self.encode_batch_size = encode_batch_size or (1 if self.device.type == "cpu" else 4)
 
     @classmethod
@@ -110,7 +122,7 @@ class MedSAMPredictor:
     def encode(self, slices: np.ndarray) -> torch.Tensor:
         """Embeddings of (N, H, W) display slices (intensities in [0, 255]): -> (N, C, 64, 64)."""
         images = prepare_slices(slices, self.image_size).to(self.device)
-        with torch.inference_mode(), autocast(self.device, self.precision):
+        with self.call_guard(), torch.inference_mode(), autocast(self.device, self.precision):
             return self.model.encode_image(images)
 
     def slice_embeddings(
@@ -190,7 +202,7 @@ class MedSAMPredictor:
                 torch.as_tensor(labels, dtype=torch.int64, device=self.device)[None],
             )
         masks_t = None if mask_input is None else mask_input.reshape(1, 1, *mask_input.shape[-2:]).to(self.device)
-        with torch.inference_mode(), autocast(self.device, self.precision):
+        with self.call_guard(), torch.inference_mode(), autocast(self.device, self.precision):
             logits, iou = self.model.decode(
                 embedding[None].to(self.device),
                 boxes=boxes_t,

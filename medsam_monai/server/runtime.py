@@ -99,21 +99,21 @@ class ModelGate:
 
 
 class GatedPredictor(MedSAMPredictor):
-    """A predictor whose network calls pass ``gate.model_call()``: the same network, device,
-    precision and embedding cache as the one it wraps (shared, not copied), so that the
-    predictor's own 3D propagation takes turns with other requests between slices."""
+    """A predictor whose network calls pass ``gate.model_call()``: built on the same network,
+    device, precision and embedding cache as ``predictor`` (shared, not copied), so that the
+    predictor's own 3D propagation takes turns with other requests between slices. ``predictor``
+    itself stays unguarded: prefetching holds the gate around whole batches with it."""
 
     def __init__(self, predictor: MedSAMPredictor, gate: ModelGate) -> None:  # noqa: D107
-        vars(self).update(vars(predictor))
+        super().__init__(
+            predictor.model,
+            predictor.device,
+            predictor.precision,
+            encode_batch_size=predictor.encode_batch_size,
+            cache=predictor.cache,
+            call_guard=gate.model_call,
+        )
         self.gate = gate
-
-    def encode(self, slices):  # type: ignore[override]
-        with self.gate.model_call():
-            return super().encode(slices)
-
-    def predict_from_embedding(self, *args, **kwargs):  # type: ignore[override]
-        with self.gate.model_call():
-            return super().predict_from_embedding(*args, **kwargs)
 
 
 class SessionEmbeddingCache(EmbeddingCache):
@@ -121,17 +121,10 @@ class SessionEmbeddingCache(EmbeddingCache):
     embeddings when it closes, count them, and tell the free room (prefetching never evicts)."""
 
     def discard_session(self, session_id: str) -> None:
-        with self._lock:
-            for key in [k for k in self._items if _session_of(k) == session_id]:
-                self._bytes -= self._nbytes(self._items.pop(key))
+        self.drop(lambda key: _session_of(key) == session_id)
 
     def count(self, session_id: str, axis: str) -> int:
-        with self._lock:
-            return sum(1 for k in self._items if isinstance(k, tuple) and k[0] == (session_id, axis))
-
-    @property
-    def free_bytes(self) -> int:
-        return self.max_bytes - self._bytes
+        return self.count_matching(lambda key: isinstance(key, tuple) and key[0] == (session_id, axis))
 
 
 def _session_of(key: Hashable) -> object:
@@ -241,9 +234,7 @@ class Prefetcher:
                 self.forget(session.id)
 
     def _has_room(self, slices: int) -> bool:
-        cache = self.predictor.cache
-        free = cache.free_bytes if isinstance(cache, SessionEmbeddingCache) else 0
-        return free >= slices * self._embedding_bytes
+        return self.predictor.cache.free_bytes >= slices * self._embedding_bytes
 
     def _encode(self, session: Session, axis: str, batch: list[int]) -> None:
         with self.gate.background(give_up=session.closed) as held:
