@@ -154,6 +154,13 @@ def test_input_dict_run_equals_medsam_segment_voxel_for_voxel(tiny_ckpt, data_di
     assert bundle_dtype == cli_dtype
     np.testing.assert_array_equal(bundle_affine, nib.load(str(image)).affine)
     np.testing.assert_array_equal(bundle_affine, cli_affine)
+    # both keep the input's NIfTI qform/sform codes (anatomical.nii: aligned, 2 and 2)
+    source = nib.load(str(image)).header
+    codes = (int(source["qform_code"]), int(source["sform_code"]))
+    assert codes != (1, 1)
+    for written in (tmp_path / "out" / "anatomical_seg.nii.gz", cli_out):
+        header = nib.load(str(written)).header
+        assert (int(header["qform_code"]), int(header["sform_code"])) == codes
 
 
 def test_datalist_bad_cases_fail_alone_with_one_line_naming_them(tiny_ckpt, data_dir, tmp_path, capsys):

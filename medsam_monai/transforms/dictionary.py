@@ -266,7 +266,12 @@ class SaveLabelVolumed(MapTransform):
             labels = volume_of(d[key])
             path = self.output_path(labels.source)
             d[f"{key}_file"] = write_label_volume(
-                path, labels.array, labels.affine, segment_names=d.get(self.names_key), protect=[labels.source]
+                path,
+                labels.array,
+                labels.affine,
+                segment_names=d.get(self.names_key),
+                protect=[labels.source],
+                nifti=labels.nifti,
             )
         return d
 

@@ -17,10 +17,13 @@ import torch
 from monai.data import MetaTensor
 from monai.utils import convert_to_numpy
 
-from ..io import Volume, read_volume
+from ..io import NiftiForms, Volume, read_volume
 from ..orientation import check_affine
 
 logger = logging.getLogger(__name__)
+
+#: MetaTensor meta key of the source NIfTI header's qform/sform codes (:class:`~medsam_monai.io.NiftiForms`).
+NIFTI_FORMS_KEY = "medsam_nifti_forms"
 
 #: Image suffixes dropped from a file name to name its case (longest first where one ends another).
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".mgz", ".mgh", ".dcm")
@@ -49,6 +52,8 @@ def volume_to_metatensor(volume: Volume, source: str | os.PathLike[str] | None =
         data = torch.from_numpy(volume.array.astype(np.float64))
     name = os.fspath(source) if source is not None else volume.source
     meta = {"filename_or_obj": name, "spatial_shape": np.asarray(volume.shape)}
+    if volume.nifti is not None:  # the source's qform/sform codes, for outputs on its grid
+        meta[NIFTI_FORMS_KEY] = volume.nifti
     return MetaTensor(data, affine=torch.as_tensor(volume.affine, dtype=torch.float64), meta=meta)
 
 
@@ -57,7 +62,13 @@ def volume_of(image: Any) -> Volume:
     if not isinstance(image, MetaTensor):
         raise TypeError(f"expected the MetaTensor that LoadVolumed makes, got {type(image).__name__}")
     affine = check_affine(convert_to_numpy(image.affine, dtype=np.float64))
-    return Volume(np.asarray(convert_to_numpy(image)), affine, str(image.meta.get("filename_or_obj", "")))
+    nifti = image.meta.get(NIFTI_FORMS_KEY)
+    return Volume(
+        np.asarray(convert_to_numpy(image)),
+        affine,
+        str(image.meta.get("filename_or_obj", "")),
+        nifti=nifti if isinstance(nifti, NiftiForms) else None,
+    )
 
 
 def read_label_volume(path: str | os.PathLike[str]) -> Volume:
