@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "slicer_extension" 
 import MedSAM  # noqa: E402
 from MedSAMLib import consent, geometry  # noqa: E402
 from MedSAMLib.client import MedSAMClientError  # noqa: E402
-from MedSAMLib.testing import ThresholdClient  # noqa: E402
+from MedSAMLib.testing import ThresholdClient, stored_in_layout  # noqa: E402
 
 URL = "http://127.0.0.1:8123"
 THRESHOLD = 100.0
@@ -60,17 +60,7 @@ def phantom_ras(shape=(22, 18, 10), seed=0) -> np.ndarray:
 
 def layout_of(array_ras: np.ndarray, layout):
     """The array and IJK-to-RAS of the phantom stored in ``layout`` (RAS 0 at the volume centre)."""
-    permutation, flips = layout
-    ijk_to_ras = np.diag([*SPACING, 1.0])
-    ijk_to_ras[:3, 3] = -np.array(SPACING) * (np.array(array_ras.shape) - 1) / 2
-    array = array_ras.transpose(permutation)
-    ijk_to_ras = ijk_to_ras[:, list(permutation) + [3]]
-    for axis, flip in enumerate(flips):
-        if flip:
-            array = np.flip(array, axis)
-            ijk_to_ras[:3, 3] += ijk_to_ras[:3, axis] * (array.shape[axis] - 1)
-            ijk_to_ras[:3, axis] *= -1
-    return np.ascontiguousarray(array), ijk_to_ras
+    return stored_in_layout(array_ras, layout, SPACING)
 
 
 def to_ras_order(array_ijk: np.ndarray, layout) -> np.ndarray:

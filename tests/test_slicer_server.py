@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "slicer_extension" 
 import MedSAM  # noqa: E402
 from MedSAMLib import consent, server_process, tasks  # noqa: E402
 from MedSAMLib.client import Cancelled, MedSAMClient, NotFound  # noqa: E402
+from MedSAMLib.testing import stored_in_layout  # noqa: E402
 from test_slicer_logic import LAYOUTS, VIEWS, add_roi, add_volume, to_ras_order  # noqa: E402
 
 from medsam_monai.checkpoints import TINY_DEMO_CHECKPOINT  # noqa: E402
@@ -75,18 +76,9 @@ def phantom():
     return array, low, high
 
 
-def layout_of(array_ras, layout):
-    permutation, flips = layout
-    ijk_to_ras = np.diag([*SPACING, 1.0])
-    ijk_to_ras[:3, 3] = -np.array(SPACING) * (np.array(array_ras.shape) - 1) / 2
-    array = array_ras.transpose(permutation)
-    ijk_to_ras = ijk_to_ras[:, list(permutation) + [3]]
-    for axis, flip in enumerate(flips):
-        if flip:
-            array = np.flip(array, axis)
-            ijk_to_ras[:3, 3] += ijk_to_ras[:3, axis] * (array.shape[axis] - 1)
-            ijk_to_ras[:3, axis] *= -1
-    return np.ascontiguousarray(array), ijk_to_ras
+def layout_of(array_ras: np.ndarray, layout):
+    """The array and IJK-to-RAS of the phantom stored in ``layout`` (RAS 0 at the volume centre)."""
+    return stored_in_layout(array_ras, layout, SPACING)
 
 
 @pytest.fixture

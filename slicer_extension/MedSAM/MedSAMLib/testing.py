@@ -133,8 +133,15 @@ def phantom_in_layout(layout, spacing: Tuple[float, float, float] = (2.0, 2.0, 3
     ``array`` is indexed [i, j, k] of that layout (shape a permutation of (24, 20, 12)); ``ijk_to_ras`` is
     the 4x4 matrix that puts each voxel where the RAS-ordered phantom has it, so both are the same image.
     """
+    return stored_in_layout(phantom_array_ras(), layout, spacing)
+
+
+def stored_in_layout(
+    array: np.ndarray, layout, spacing: Tuple[float, float, float] = (2.0, 2.0, 3.0)
+) -> Tuple[np.ndarray, np.ndarray]:
+    """``(array, ijk_to_ras)``: an RAS-ordered ``array`` [i, j, k] stored in ``layout`` (a permutation and
+    flips), centred on RAS 0, with the 4x4 matrix that keeps every voxel where it was."""
     permutation, flips = layout
-    array = phantom_array_ras()
     ijk_to_ras = np.diag([*spacing, 1.0])
     ijk_to_ras[:3, 3] = -np.array(spacing) * (np.array(array.shape) - 1) / 2
     array = array.transpose(permutation)
