@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from .download import verify_sha256
+from .errors import one_line
 from .networks import SAM_VARIANTS, Sam, build_sam_variant
 
 StateDict = dict[str, torch.Tensor]
@@ -232,8 +233,24 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         try:
             state.update(load_file(str(file)))
         except (SafetensorError, OSError, ValueError) as err:
-            raise CheckpointError(f"{file} is not a readable safetensors file: {_one_line(err)}") from None
+            raise CheckpointError(f"{file} is not a readable safetensors file: {one_line(err)}") from None
     return state
+
+
+def recorded_preprocessing(path: str | PathLike[str]) -> str | None:
+    """The ``preprocessing`` a safetensors checkpoint records in its metadata (our own files write
+    it), or None: not safetensors, no such key, or unreadable (the load reports that)."""
+    path = Path(path)
+    if not path.is_file() or not _is_safetensors(path):
+        return None
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except (SafetensorError, OSError, ValueError):
+        return None
+    return metadata.get("preprocessing")
 
 
 def _read_torch_file(path: Path) -> object:
@@ -324,7 +341,7 @@ def _read_weight_map(index_path: Path) -> Mapping[str, object]:
     try:
         index = json.loads(index_path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{index_path} is not a valid index: not JSON ({_one_line(err)})") from None
+        raise CheckpointError(f"{index_path} is not a valid index: not JSON ({one_line(err)})") from None
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:
         raise CheckpointError(
@@ -382,7 +399,7 @@ def _check_torch_archive(path: Path) -> None:
         with zipfile.ZipFile(path) as archive:
             entries = archive.infolist()
     except (zipfile.BadZipFile, OSError, ValueError) as err:
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: damaged ZIP archive ({_one_line(err)})") from None
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: damaged ZIP archive ({one_line(err)})") from None
     names = [entry.filename for entry in entries]
     if not _is_torch_archive(names):
         raise _not_a_checkpoint(path, _foreign_zip_kind(names))
@@ -534,10 +551,6 @@ def _pickle_protocol(path: Path) -> int | None:
 def _starts_with(path: Path, magic: bytes) -> bool:
     with open(path, "rb") as f:
         return f.read(len(magic)) == magic
-
-
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
 
 
 def _looks_like_state_dict(obj: object) -> bool:

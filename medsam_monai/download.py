@@ -20,14 +20,15 @@ import os
 import pathlib
 import re
 import socket
-import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TextIO, Union
+from typing import Union
+
+from .errors import one_line
 
 __all__ = [
     "DEFAULT_MAX_MB",
@@ -40,7 +41,6 @@ __all__ = [
     "download_file",
     "fetch_weights",
     "sha256_of_file",
-    "terminal_progress",
     "verify_sha256",
 ]
 
@@ -126,6 +126,7 @@ class WeightsSource:
     sha256: str | None
     size: int | None
     description: str
+    preprocessing: str = "sam"  # the image pipeline the weights were trained with (medsam_monai.transforms)
 
 
 _SAM_HOST = "https://dl.fbaipublicfiles.com/segment_anything"
@@ -140,6 +141,7 @@ KNOWN_WEIGHTS: dict[str, WeightsSource] = {
             sha256="b80a96478503f89e76f1f7bbba50cfcd4ec9e7467f0d5185310216b33946ec9c",
             size=None,
             description="MedSAM ViT-B (Hugging Face conversion of the official weights, Apache-2.0)",
+            preprocessing="medsam",
         ),
         WeightsSource(
             name="sam_vit_b",
@@ -212,11 +214,6 @@ def verify_sha256(path: PathLike, expected: str) -> None:
 # --------------------------------------------------------------------------- #
 
 
-def _one_line(text: object) -> str:
-    """Collapse whitespace so that server-supplied text cannot break the one-line contract."""
-    return " ".join(str(text).split())
-
-
 def _check_scheme(url: str) -> None:
     scheme = urllib.parse.urlparse(url).scheme.lower()
     if scheme not in _SUPPORTED_SCHEMES:
@@ -233,7 +230,7 @@ def _manual_fallback(url: str, dest: pathlib.Path) -> str:
 
 def _network_error(url: str, dest: pathlib.Path, part: pathlib.Path, what: object) -> DownloadError:
     """Build the one-line error for a failed transfer, mentioning any resumable data."""
-    message = f"Downloading {url} failed ({_one_line(what)}); {_manual_fallback(url, dest)}"
+    message = f"Downloading {url} failed ({one_line(what)}); {_manual_fallback(url, dest)}"
     if part.exists() and part.stat().st_size > 0:
         message += f" (partial data kept in {part}; run again to resume)"
     return DownloadError(message)
@@ -523,37 +520,3 @@ def fetch_weights(
     _check_scheme(name_or_url)
     destination = directory / _filename_from_url(name_or_url)
     return download_file(name_or_url, destination, sha256=sha256, progress=progress, max_bytes=max_bytes)
-
-
-# --------------------------------------------------------------------------- #
-# Progress display
-# --------------------------------------------------------------------------- #
-
-
-def terminal_progress(stream: TextIO | None = None, width: int = 30) -> ProgressCallback:
-    """Return a progress callback drawing an in-place bar on ``stream`` (default stderr).
-
-    Nothing is written when the stream is not a TTY, so logs and CI output are
-    not flooded with carriage returns. ``stream`` is resolved at call time so
-    that redirected ``sys.stderr`` (e.g. under pytest) is honoured.
-    """
-    out = stream if stream is not None else sys.stderr
-    isatty = getattr(out, "isatty", None)
-    enabled = bool(isatty and isatty())
-
-    def report(downloaded: int, total: int | None) -> None:
-        if not enabled:
-            return
-        megabytes = downloaded / 1e6
-        if total:
-            fraction = min(downloaded / total, 1.0)
-            filled = round(fraction * width)
-            line = f"\r[{'#' * filled}{'.' * (width - filled)}] {fraction * 100:5.1f}% {megabytes:.1f}/{total / 1e6:.1f} MB"
-        else:
-            line = f"\r{megabytes:.1f} MB"
-        out.write(line)
-        if total and downloaded >= total:
-            out.write("\n")
-        out.flush()
-
-    return report

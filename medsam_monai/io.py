@@ -34,6 +34,8 @@ import pydicom
 import SimpleITK as sitk
 
 from .colours import palette_colour
+from .errors import one_line
+from .masks import mask_box
 from .orientation import check_affine
 
 PathType = str | PathLike[str]
@@ -203,7 +205,7 @@ def _verify_payload(path: Path, offset: int, codec: str, shown: Path) -> None:
     except FileNotFoundError:
         raise ImageReadError(f"{shown}: its data file {path.name} does not exist") from None
     except (OSError, EOFError, zlib.error, ValueError) as error:
-        reason = "the file is truncated" if isinstance(error, EOFError) else _one_line(error)
+        reason = "the file is truncated" if isinstance(error, EOFError) else _reason(error)
         raise ImageReadError(f"{shown}: corrupt {codec}-compressed data ({reason}); refusing to read damaged voxels") from None
 
 
@@ -300,8 +302,9 @@ def _verify_compressed_input(path: Path) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _one_line(error: BaseException, path: Path | None = None) -> str:
-    """A short single-line reason from an exception (ITK's messages span several lines)."""
+def _reason(error: BaseException, path: Path | None = None) -> str:
+    """An exception's reason as :func:`~medsam_monai.errors.one_line` prints it, without ITK's preamble
+    (its messages span several lines), at most 200 characters."""
     text = str(error)
     # Keep what follows ITK's "file.cxx:99: sitk::ERROR:" / "ITK ERROR: Reader(0x...):" preamble.
     match = re.search(r"(?:sitk::ERROR:|ITK ERROR:\s*\w+\(0x[0-9a-fA-F]+\):)\s*(.*)", text, flags=re.S)
@@ -310,7 +313,7 @@ def _one_line(error: BaseException, path: Path | None = None) -> str:
     if path is not None:
         # The message already starts with the full path; the name is enough here.
         text = text.replace(str(path), path.name)
-    text = " ".join(text.split()) or type(error).__name__
+    text = one_line(text) or type(error).__name__
     return text[:200] + ("..." if len(text) > 200 else "")
 
 
@@ -407,7 +410,7 @@ def _read_nibabel(path: Path) -> Volume:
     except ImageReadError:
         raise
     except Exception as error:  # nibabel raises many types for corrupt or foreign files
-        raise ImageReadError(f"{path}: cannot read as NIfTI/MGH: {_one_line(error, path)}") from None
+        raise ImageReadError(f"{path}: cannot read as NIfTI/MGH: {_reason(error, path)}") from None
     try:
         check_affine(affine)
     except ValueError as error:
@@ -442,7 +445,7 @@ def _read_sitk_file(path: Path) -> Volume:
         with _native_output_captured():
             image = sitk.ReadImage(str(path))
     except RuntimeError as error:
-        raise ImageReadError(f"{path}: unsupported or unreadable image file: {_one_line(error, path)}") from None
+        raise ImageReadError(f"{path}: unsupported or unreadable image file: {_reason(error, path)}") from None
     return _volume_from_sitk(image, path)
 
 
@@ -560,7 +563,7 @@ def _read_dicom_header(path: Path) -> DicomFile | None:
     except Exception as error:  # pydicom raises many types for damaged files
         if not claims_dicom:
             return None
-        raise _DamagedDicom(f"unreadable DICOM ({_one_line(error, path)})") from None
+        raise _DamagedDicom(f"unreadable DICOM ({_reason(error, path)})") from None
 
 
 def _dicom_file(ds: Any, path: Path, claims_dicom: bool) -> DicomFile | None:
@@ -582,7 +585,7 @@ def _dicom_file(ds: Any, path: Path, claims_dicom: bool) -> DicomFile | None:
     return DicomFile(
         path=path,
         series_uid=uid,
-        description=" ".join(str(ds.get("SeriesDescription", "") or "").split()),
+        description=one_line(ds.get("SeriesDescription", "") or ""),
         modality=str(ds.get("Modality", "") or "?"),
         rows=rows,
         columns=columns,
@@ -821,7 +824,7 @@ def _read_dicom_folder(folder: Path, series_uid: str | None) -> Volume:
                 reader.SetFileNames([str(f.path) for f in ordered])
                 image = reader.Execute()
     except RuntimeError as error:
-        raise ImageReadError(f"{folder}: cannot read DICOM series {uid}: {_one_line(error, folder)}") from None
+        raise ImageReadError(f"{folder}: cannot read DICOM series {uid}: {_reason(error, folder)}") from None
     return _volume_from_sitk(image, folder)
 
 
@@ -989,7 +992,7 @@ def _write_failure(error: Exception, temporary: Path, path: Path) -> str:
     """The reason of a failed write, the temporary file's name replaced by the user's."""
     if isinstance(error, OSError) and error.strerror:
         return error.strerror
-    return _one_line(error).replace(str(temporary), str(path)).replace(temporary.name, path.name)
+    return _reason(error).replace(str(temporary), str(path)).replace(temporary.name, path.name)
 
 
 def _nifti_header(array: np.ndarray, affine: np.ndarray, forms: NiftiForms | None) -> nib.Nifti1Header:
@@ -1028,18 +1031,10 @@ def _write_sitk(path: Path, image: sitk.Image) -> None:
 def _segment_extent(labels: np.ndarray, value: int) -> str:
     """Slicer's ``SegmentN_Extent``: inclusive 'i0 i1 j0 j1 k0 k1' of the segment, '0 -1 ...' if empty."""
     mask = labels == value
-    ij = mask.any(axis=2)
-    if not ij.any():
+    if not mask.any():
         return "0 -1 0 -1 0 -1"
-    i = np.flatnonzero(ij.any(axis=1))
-    j = np.flatnonzero(ij.any(axis=0))
-    k = np.flatnonzero(mask.any(axis=(0, 1)))
-    return f"{i[0]} {i[-1]} {j[0]} {j[-1]} {k[0]} {k[-1]}"
-
-
-def _clean(text: str) -> str:
-    """A header-safe value: NRRD key-value lines end at a newline."""
-    return " ".join(str(text).split())
+    (i0, j0, k0), (i1, j1, k1) = mask_box(mask)
+    return f"{i0} {i1} {j0} {j1} {k0} {k1}"
 
 
 def slicer_segment_metadata(
@@ -1069,7 +1064,7 @@ def slicer_segment_metadata(
         meta.update(
             {
                 f"Segment{n}_ID": f"Segment_{value}",
-                f"Segment{n}_Name": _clean(names.get(value, f"Segment_{value}")),
+                f"Segment{n}_Name": one_line(names.get(value, f"Segment_{value}")),  # NRRD key-value lines end at a newline
                 f"Segment{n}_NameAutoGenerated": "0" if value in names else "1",
                 f"Segment{n}_Color": " ".join(f"{float(c):.6g}" for c in color),
                 f"Segment{n}_ColorAutoGenerated": "0" if value in rgb else "1",
@@ -1150,3 +1145,24 @@ def _write_array(
             image.SetMetaData(key, value)
     _atomic_write(out, suffix, lambda tmp: _write_sitk(tmp, image))
     return out
+
+
+def write_file_atomically(path: PathType, suffix: str, write: Callable[[Path], None]) -> Path:
+    """For writers of other formats (2D label images): ``write`` fills a hidden temporary file beside
+    ``path`` whose name ends in ``suffix`` (the real ending of ``path``), which is then renamed over
+    ``path``, as this module's own writers do; raises :class:`ImageWriteError` naming ``path``. Returns ``path``."""
+    out = Path(path)
+    _atomic_write(out, suffix, write)
+    return out
+
+
+def is_same_file(a: PathType, b: PathType) -> bool:
+    """Whether two paths name one file (the same resolved path, or the same file through a link)."""
+    return _same_file(Path(a), Path(b))
+
+
+@contextmanager
+def native_output_captured() -> Iterator[list[str]]:
+    """For other modules' SimpleITK calls: ITK/GDCM output kept off the terminal (see :func:`_native_output_captured`)."""
+    with _native_output_captured() as lines:
+        yield lines

@@ -71,6 +71,33 @@ def resolve_checkpoint(
     return default_checkpoint(variant, progress)
 
 
+def default_preprocessing(variant: str, checkpoint: str | os.PathLike[str] | None = None) -> str:
+    """The image pipeline (``medsam`` or ``sam``) the weights of ``variant``/``checkpoint`` were trained with.
+
+    In order: what a safetensors checkpoint records in its metadata (our own files write it); the
+    registered file the checkpoint is (by file name: ``sam_vit_b_01ec64.pth`` is SAM's); for the
+    default weights, those of the variant (``vit_b``: MedSAM, ``vit_l``/``vit_h``: SAM, ``tiny``:
+    MedSAM's pipeline, which it was trained with); for any other file, ``sam`` for ``vit_l``/``vit_h``
+    (only SAM publishes those) and ``medsam`` for ``vit_b`` and ``tiny``.
+    """
+    from .download import KNOWN_WEIGHTS
+
+    check_variant(variant)
+    if not _is_unset(checkpoint):
+        from .checkpoints import recorded_preprocessing
+
+        recorded = recorded_preprocessing(checkpoint)  # type: ignore[arg-type]
+        if recorded is not None:
+            return recorded
+        name = Path(checkpoint).name  # type: ignore[arg-type]
+        for source in KNOWN_WEIGHTS.values():
+            if source.filename == name:
+                return source.preprocessing
+    elif variant in OFFICIAL_WEIGHTS:
+        return KNOWN_WEIGHTS[OFFICIAL_WEIGHTS[variant]].preprocessing
+    return "medsam" if variant in ("vit_b", *PACKAGED_VARIANTS) else "sam"
+
+
 def load_predictor(
     variant: str,
     checkpoint: str | os.PathLike[str] | None = None,
@@ -78,19 +105,33 @@ def load_predictor(
     device: str = "auto",
     precision: str = "fp32",
     progress: ProgressCallback | None = None,
+    preprocessing: str | None = None,
+    uint8_after_resize: bool = False,
 ) -> MedSAMPredictor:
     """A :class:`~medsam_monai.predictor.MedSAMPredictor` of ``variant`` with the weights
-    :func:`resolve_checkpoint` picks, on ``device`` (``auto``: the best this machine has) at ``precision``.
+    :func:`resolve_checkpoint` picks, on ``device`` (``auto``: the best this machine has) at ``precision``,
+    with ``preprocessing`` (None: :func:`default_preprocessing` of those weights).
 
     Bad input (an unknown variant or device, a checkpoint that does not fit) raises a ValueError
     (:class:`~medsam_monai.checkpoints.CheckpointError` for the checkpoint).
     """
     from .devices import resolve_device
     from .predictor import MedSAMPredictor
+    from .transforms import check_preprocessing
 
     chosen = resolve_device(device)
+    if preprocessing is not None:
+        check_preprocessing(preprocessing)  # before any download or load
     path = resolve_checkpoint(variant, checkpoint, progress)
-    return MedSAMPredictor.from_checkpoint(path, variant=variant, device=chosen, precision=precision)
+    pipeline = default_preprocessing(variant, checkpoint) if preprocessing is None else preprocessing
+    return MedSAMPredictor.from_checkpoint(
+        path,
+        variant=variant,
+        device=chosen,
+        precision=precision,
+        preprocessing=pipeline,
+        uint8_after_resize=uint8_after_resize,
+    )
 
 
 def _is_unset(checkpoint: str | os.PathLike[str] | None) -> bool:

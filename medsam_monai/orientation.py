@@ -18,16 +18,19 @@ axial and coronal displays (the same voxel keeps the same left-right coordinate 
 
 Oblique acquisitions are not resampled: each voxel axis is assigned the closest world axis, so a
 slice of a 10-degree oblique scan is shown as the scan's own slice, merely permuted and flipped.
-This module needs numpy only (no nibabel), so that it also runs inside 3D Slicer's Python.
+This module needs numpy only (no nibabel), so that it also runs inside 3D Slicer's Python. The
+matrix checks, voxel-axis assignment and RAS boxes are the wire protocol's, the very code the 3D
+Slicer client runs: :mod:`medsam_monai.wire`.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from . import wire
 
 AXES: tuple[str, str, str] = ("axial", "coronal", "sagittal")
 
@@ -55,9 +58,6 @@ _TARGETS: dict[str, tuple[tuple[int, int], tuple[int, int], tuple[int, int]]] = 
 
 Box = tuple[int, int, int, int, int, int]
 
-# Voxel centres tested per step when searching oblique boxes (keeps memory to some 50 MB).
-_SEARCH_CHUNK = 1 << 20
-
 
 @dataclass(frozen=True)
 class DisplayLayout:
@@ -81,13 +81,8 @@ def parse_axis(name: str) -> str:
 
 
 def check_affine(affine: np.ndarray) -> np.ndarray:
-    """``affine`` as a float (4, 4) array, refusing non-finite or singular matrices."""
-    a = np.asarray(affine, dtype=float)
-    if a.shape != (4, 4) or not np.all(np.isfinite(a)):
-        raise ValueError(f"affine must be a finite 4x4 matrix, got shape {a.shape}")
-    if abs(np.linalg.det(a[:3, :3])) < 1e-12:
-        raise ValueError("affine is singular: its 3x3 part maps voxels onto a plane")
-    return a
+    """``affine`` as a float (4, 4) array, refusing non-finite or singular matrices (ValueError)."""
+    return wire.check_matrix(affine, "affine")
 
 
 def voxel_axis_codes(affine: np.ndarray) -> list[tuple[int, int]]:
@@ -97,17 +92,7 @@ def voxel_axis_codes(affine: np.ndarray) -> list[tuple[int, int]]:
     mild shear do not matter; then the largest cosines are assigned greedily, which gives every
     voxel axis a different world axis even for strongly oblique matrices.
     """
-    a = check_affine(affine)
-    u, _, vt = np.linalg.svd(a[:3, :3])
-    cosines = u @ vt  # [world, voxel]
-    codes: list[tuple[int, int]] = [(-1, 0)] * 3
-    remaining = np.abs(cosines)
-    for _ in range(3):
-        world, voxel = np.unravel_index(int(np.argmax(remaining)), remaining.shape)
-        codes[voxel] = (int(world), 1 if cosines[world, voxel] > 0 else -1)
-        remaining[world, :] = -1.0
-        remaining[:, voxel] = -1.0
-    return codes
+    return wire.voxel_axis_codes(check_affine(affine))
 
 
 def display_layout(affine: np.ndarray, axis: str) -> DisplayLayout:
@@ -209,12 +194,6 @@ def box_display_to_ijk(box_display: Sequence[int], shape_ijk: Sequence[int], lay
     )
 
 
-def _is_axis_aligned(matrix: np.ndarray) -> bool:
-    """True when each voxel axis moves along exactly one world axis (no rotation or shear)."""
-    scale = np.abs(matrix).max()
-    return bool(np.all(np.count_nonzero(np.abs(matrix) > 1e-12 * scale, axis=0) == 1))
-
-
 def ras_box_to_ijk(
     ras_min: Sequence[float],
     ras_max: Sequence[float],
@@ -226,54 +205,7 @@ def ras_box_to_ijk(
     """Inclusive voxel box of the voxels whose centres lie in an axis-aligned RAS box.
 
     The corners may be given in any order; centres on a face (within ``tol`` mm) count as inside.
-    The result is clipped to the volume; ``None`` when no voxel centre lies in the box.
+    The result is clipped to the volume; ``None`` when no voxel centre lies in the box. Oblique
+    affines get the exact bounding box of the inside centres.
     """
-    a = check_affine(affine)
-    lo = np.minimum(np.asarray(ras_min, float), np.asarray(ras_max, float)) - tol
-    hi = np.maximum(np.asarray(ras_min, float), np.asarray(ras_max, float)) + tol
-    shape = np.asarray(shape_ijk, dtype=np.int64)
-    # The box's 8 corners in voxel coordinates bound every centre inside it (the box maps to a
-    # parallelepiped), so only that sub-block needs testing.
-    inverse = np.linalg.inv(a)
-    corners = np.array(list(itertools.product(*zip(lo, hi))))
-    corners_ijk = corners @ inverse[:3, :3].T + inverse[:3, 3]
-    start = np.maximum(np.ceil(corners_ijk.min(axis=0) - 1e-9), 0).astype(np.int64)
-    stop = np.minimum(np.floor(corners_ijk.max(axis=0) + 1e-9), shape - 1).astype(np.int64)
-    if np.any(start > stop):
-        return None
-    if _is_axis_aligned(a[:3, :3]):
-        # The parallelepiped is itself an IJK-aligned box: the sub-block is the answer.
-        return (*map(int, start), *map(int, stop))  # type: ignore[return-value]
-    return _search_block(a, lo, hi, start, stop)
-
-
-def _search_block(a: np.ndarray, lo: np.ndarray, hi: np.ndarray, start: np.ndarray, stop: np.ndarray) -> Box | None:
-    """Exact bounding box of the inside centres of the voxel block ``start..stop`` (oblique affines)."""
-    # The RAS box is convex: if the block's 8 corner centres are inside, every centre is.
-    block_corners = np.array(list(itertools.product(*zip(start, stop))), dtype=float)
-    corner_ras = block_corners @ a[:3, :3].T + a[:3, 3]
-    if np.all((corner_ras >= lo) & (corner_ras <= hi)):
-        return (*map(int, start), *map(int, stop))  # type: ignore[return-value]
-    ranges = [np.arange(s, e + 1) for s, e in zip(start, stop)]
-    occupied = [np.zeros(len(r), dtype=bool) for r in ranges]
-    # RAS of j and k offsets once; i planes are added in chunks to bound memory (~4M points).
-    jk = (ranges[1][:, None, None] * a[:3, 1] + ranges[2][None, :, None] * a[:3, 2]) + a[:3, 3]
-    chunk = max(1, _SEARCH_CHUNK // max(1, jk.shape[0] * jk.shape[1]))
-    for first in range(0, len(ranges[0]), chunk):
-        i_values = ranges[0][first : first + chunk]
-        points = i_values[:, None, None, None] * a[:3, 0] + jk[None]
-        inside = np.all((points >= lo) & (points <= hi), axis=-1)
-        occupied[0][first : first + chunk] |= inside.any(axis=(1, 2))
-        occupied[1] |= inside.any(axis=(0, 2))
-        occupied[2] |= inside.any(axis=(0, 1))
-    if not occupied[0].any():
-        return None
-    first_last = [(r[np.flatnonzero(o)[0]], r[np.flatnonzero(o)[-1]]) for r, o in zip(ranges, occupied)]
-    return (
-        int(first_last[0][0]),
-        int(first_last[1][0]),
-        int(first_last[2][0]),
-        int(first_last[0][1]),
-        int(first_last[1][1]),
-        int(first_last[2][1]),
-    )
+    return wire.ras_box_to_ijk(ras_min, ras_max, check_affine(affine), shape_ijk, tolerance=tol)

@@ -21,6 +21,7 @@ import numpy as np
 from scipy import ndimage
 
 from .io import Volume
+from .masks import mask_box
 
 
 @dataclass
@@ -33,10 +34,11 @@ class Phantom:
 
 def label_box(labels: np.ndarray, value: int) -> tuple[int, int, int, int, int, int]:
     """The inclusive IJK box ``(i0, j0, k0, i1, j1, k1)`` of the voxels equal to ``value``."""
-    idx = np.argwhere(labels == value)
-    if idx.size == 0:
+    mask = labels == value
+    if not mask.any():
         raise ValueError(f"label {value} is absent")
-    return (*idx.min(0).tolist(), *idx.max(0).tolist())  # type: ignore[return-value]
+    lo, hi = mask_box(mask)
+    return (*lo, *hi)  # type: ignore[return-value]
 
 
 def ct_phantom(

@@ -31,7 +31,14 @@ from .propagation import (  # re-exported: callers import them from here
     check_cancel,
     propagate,
 )
-from .transforms import mask_probabilities, prepare_slices, scale_box_to_model
+from .transforms import (
+    check_preprocessing,
+    mask_logits,
+    masks_and_probabilities,
+    prepare_images,
+    scale_boxes_to_model,
+    scale_points_to_model,
+)
 
 __all__ = [
     "PROPAGATION_MARGIN_1024",
@@ -53,7 +60,7 @@ CallGuard = Callable[[], contextlib.AbstractContextManager[object]]
 class SlicePrediction:
     """Masks of one prompt on one slice."""
 
-    masks: np.ndarray  # (M, H, W) bool: probabilities > 0.5
+    masks: np.ndarray  # (M, H, W) bool: MedSAM's probabilities > 0.5, or SAM's logits > 0
     iou: np.ndarray  # (M,) predicted IoU
     low_res_logits: torch.Tensor  # (M, 256, 256), reusable as a mask prompt
     probabilities: np.ndarray  # (M, H, W) float32 at the slice size
@@ -79,6 +86,8 @@ class MedSAMPredictor:
         encode_batch_size: int | None = None,
         cache: EmbeddingCache | None = None,
         call_guard: CallGuard = contextlib.nullcontext,
+        preprocessing: str = "medsam",
+        uint8_after_resize: bool = False,
     ) -> None:
         """
         Args:
@@ -92,6 +101,12 @@ class MedSAMPredictor:
                 instead of a new one of ``cache_bytes``.
             call_guard: a context-manager factory entered around each network call (an encoder
                 batch, a decoder call); default: none.
+            preprocessing: the image pipeline the checkpoint was trained with: ``medsam`` (stretch
+                to 1024, [0, 1]) or ``sam`` (longest side to 1024, pixel mean/std, zero padding);
+                it also decides how prompts are scaled and masks thresholded
+                (:mod:`medsam_monai.transforms.functional`).
+            uint8_after_resize: ``medsam`` only: truncate the resized image to uint8 before the
+                min-max, as ``MedSAM_Inference.py`` does for 2D images.
         """
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model = model.to(self.device).eval()
@@ -99,6 +114,13 @@ class MedSAMPredictor:
         self.cache = EmbeddingCache(cache_bytes) if cache is None else cache
         self.call_guard = call_guard
         self.encode_batch_size = encode_batch_size or (1 if self.device.type == "cpu" else 4)
+        self.preprocessing = check_preprocessing(preprocessing)
+        self.uint8_after_resize = uint8_after_resize
+
+    @property
+    def pipeline(self) -> tuple[str, bool]:
+        """What an embedding depends on besides the image and the model (part of its cache key)."""
+        return self.preprocessing, self.uint8_after_resize and self.preprocessing == "medsam"
 
     @classmethod
     def from_checkpoint(
@@ -120,8 +142,8 @@ class MedSAMPredictor:
     # ----- image embeddings -----------------------------------------------------------------
 
     def encode(self, slices: np.ndarray) -> torch.Tensor:
-        """Embeddings of (N, H, W) display slices (intensities in [0, 255]): -> (N, C, 64, 64)."""
-        images = prepare_slices(slices, self.image_size).to(self.device)
+        """Embeddings of (N, H, W) display slices or (N, H, W, 3) RGB images (values in [0, 255]): -> (N, C, 64, 64)."""
+        images = prepare_images(slices, self.preprocessing, self.image_size, self.uint8_after_resize).to(self.device)
         with self.call_guard(), torch.inference_mode(), autocast(self.device, self.precision):
             return self.model.encode_image(images)
 
@@ -133,7 +155,7 @@ class MedSAMPredictor:
         progress: ProgressCallback | None = None,
         cancel: CancelCheck | None = None,
     ) -> list[torch.Tensor]:
-        """Embeddings of ``volume[indices]``, from the cache or encoded in batches.
+        """Embeddings of ``volume[indices]`` ((S, H, W) or (S, H, W, 3)), from the cache or encoded in batches.
 
         Returns:
             One (C, 64, 64) tensor per index, in order.
@@ -142,7 +164,7 @@ class MedSAMPredictor:
         found: dict[int, torch.Tensor] = {}
         missing = []
         for index in dict.fromkeys(indices):
-            cached = self.cache.get((key, index))
+            cached = self.cache.get(self.cache_key(key, index))
             if cached is None:
                 missing.append(index)
             else:
@@ -152,11 +174,20 @@ class MedSAMPredictor:
             batch = missing[start : start + self.encode_batch_size]
             for index, embedding in zip(batch, self.encode(volume[batch])):
                 embedding = embedding.clone()  # do not keep the whole batch alive through a view
-                self.cache.put((key, index), embedding)
+                self.cache.put(self.cache_key(key, index), embedding)
                 found[index] = embedding
             if progress is not None:
                 progress(min(start + len(batch), len(missing)), len(missing))
         return [found[index] for index in indices]
+
+    def cache_key(self, volume_key: Hashable, index: int) -> tuple[Hashable, int, tuple[str, bool]]:
+        """The embedding cache's key of slice ``index`` of the volume known as ``volume_key``."""
+        return volume_key, index, self.pipeline
+
+    def image_embedding(self, image: np.ndarray, key: Hashable | None = None) -> torch.Tensor:
+        """The (C, 64, 64) embedding of one (H, W) or (H, W, 3) image (values in [0, 255]), cached."""
+        (embedding,) = self.slice_embeddings(np.asarray(image)[None], [0], key)
+        return embedding
 
     # ----- 2D prompts -----------------------------------------------------------------------
 
@@ -184,24 +215,61 @@ class MedSAMPredictor:
         """
         if box is None and points is None and mask_input is None:
             raise ValueError("give a box, points or a mask prompt")
-        boxes_t = None
-        if box is not None:
-            model_box = (
-                np.asarray(box, dtype=np.float64) if box_in_model_frame else scale_box_to_model(box, slice_shape, self.image_size)
-            )
-            boxes_t = torch.as_tensor(model_box, dtype=torch.float32, device=self.device).reshape(1, 4)
+        boxes = None if box is None else np.asarray(box, dtype=np.float64).reshape(1, 4)
+        coords = labels = None
+        if points is not None:
+            coords = np.asarray(points, dtype=np.float64).reshape(1, -1, 2)
+            labels = np.ones(coords.shape[:2]) if point_labels is None else np.asarray(point_labels).reshape(1, -1)
+            if labels.shape != coords.shape[:2]:
+                raise ValueError(f"{coords.shape[1]} points but {labels.size} point labels")
+        low_res, iou = self.decode(
+            embedding, slice_shape, coords, labels, boxes, mask_input, multimask_output, box_in_model_frame
+        )
+        masks, probabilities = masks_and_probabilities(low_res, slice_shape, self.preprocessing, self.image_size)
+        return SlicePrediction(
+            masks=masks[0].cpu().numpy(),
+            iou=iou[0].cpu().numpy(),
+            low_res_logits=low_res[0],
+            probabilities=probabilities[0].cpu().numpy(),
+        )
+
+    def decode(
+        self,
+        embedding: torch.Tensor,
+        image_hw: tuple[int, int],
+        points: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        boxes: np.ndarray | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = False,
+        boxes_in_model_frame: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mask decoder on B prompts for one image: -> float32 low-res logits (B, M, 256, 256), IoU (B, M).
+
+        Args:
+            embedding: (C, 64, 64) embedding of the image.
+            image_hw: (H, W) of the image the prompts are given in.
+            points: (B, N, 2) ``(x, y)`` in image pixels; point_labels (B, N), 1 positive, 0 negative.
+            boxes: (B, 4) ``(x0, y0, x1, y1)`` in image pixels (or the model frame if ``boxes_in_model_frame``).
+            mask_input: (B, 1, 256, 256) (or (1, 256, 256) for B = 1) low-res logits of an earlier prediction.
+        """
         points_t = None
         if points is not None:
-            coords = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-            labels = np.ones(len(coords)) if point_labels is None else np.asarray(point_labels).reshape(-1)
-            if len(labels) != len(coords):
-                raise ValueError(f"{len(coords)} points but {len(labels)} point labels")
-            scale = np.array([self.image_size / slice_shape[1], self.image_size / slice_shape[0]])
+            # float64 into the prompt encoder, which divides and then casts, as SAM does
+            scaled = scale_points_to_model(points, image_hw, self.preprocessing, self.image_size)
             points_t = (
-                torch.as_tensor(coords * scale, dtype=torch.float32, device=self.device)[None],
-                torch.as_tensor(labels, dtype=torch.int64, device=self.device)[None],
+                torch.as_tensor(scaled, device=self.device),
+                torch.as_tensor(np.asarray(point_labels), dtype=torch.int64, device=self.device),
             )
-        masks_t = None if mask_input is None else mask_input.reshape(1, 1, *mask_input.shape[-2:]).to(self.device)
+        boxes_t = None
+        if boxes is not None:
+            model_boxes = (
+                np.asarray(boxes, dtype=np.float64)
+                if boxes_in_model_frame
+                else scale_boxes_to_model(boxes, image_hw, self.preprocessing, self.image_size)
+            )
+            boxes_t = torch.as_tensor(model_boxes, dtype=torch.float32, device=self.device).reshape(-1, 4)
+        masks_t = None if mask_input is None else mask_input.reshape(-1, 1, *mask_input.shape[-2:]).to(self.device)
         with self.call_guard(), torch.inference_mode(), autocast(self.device, self.precision):
             logits, iou = self.model.decode(
                 embedding[None].to(self.device),
@@ -210,11 +278,30 @@ class MedSAMPredictor:
                 mask_inputs=masks_t,
                 multimask_output=multimask_output,
             )
-        logits = logits.float()
-        probabilities = mask_probabilities(logits, slice_shape)[0].cpu().numpy()
-        return SlicePrediction(
-            masks=probabilities > 0.5, iou=iou[0].float().cpu().numpy(), low_res_logits=logits[0], probabilities=probabilities
-        )
+        return logits.float(), iou.float()
+
+    def predict_batch(
+        self,
+        embedding: torch.Tensor,
+        image_hw: tuple[int, int],
+        points: np.ndarray,
+        point_labels: np.ndarray,
+        boxes: np.ndarray | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """B prompts on one image, as segment-anything's ``predict_torch(..., return_logits=True)``.
+
+        Args:
+            points: (B, N, 2) ``(x, y)`` in image pixels; point_labels: (B, N).
+            boxes: (B, 4) in image pixels, or None.
+
+        Returns:
+            float32 logits (B, M, H, W) at the image size (:func:`~medsam_monai.transforms.mask_logits`:
+            masks are logits > 0), predicted IoU (B, M) and low-res logits (B, M, 256, 256).
+        """
+        low_res, iou = self.decode(embedding, image_hw, points, point_labels, boxes, mask_input, multimask_output)
+        return mask_logits(low_res, image_hw, self.preprocessing, self.image_size), iou, low_res
 
     def predict_slice(
         self,
@@ -230,7 +317,7 @@ class MedSAMPredictor:
         """Masks for one prompt on slice ``index`` of an (S, H, W) display volume (embedding cached)."""
         _check_slice_index(index, volume.shape[0])
         (embedding,) = self.slice_embeddings(volume, [index], volume_key)
-        return self.predict_from_embedding(embedding, volume.shape[1:], box, points, point_labels, mask_input, multimask_output)
+        return self.predict_from_embedding(embedding, volume.shape[1:3], box, points, point_labels, mask_input, multimask_output)
 
     # ----- 3D propagation -------------------------------------------------------------------
 

@@ -4,8 +4,10 @@ The picture has one tile per key slice (objects whose key slices coincide share 
 display orientation (the patient's right on the image left), upscaled to at least
 :data:`MIN_LONG_SIDE` px on its long side with the voxel aspect of the spacing kept. Each tile shows
 the masks (filled, with a solid rim), the box of each object whose key slice it is, the object's name,
-the slice's axis and voxel index, and orientation letters on its four edges. A legend names every
-segment in the colour that the 3D Slicer ``.seg.nrrd`` gives it (:mod:`medsam_monai.colours`).
+its point prompts on that slice (positive green, negative red), the slice's axis and voxel index, and
+orientation letters on its four edges. A legend names every segment in the colour that the 3D Slicer
+``.seg.nrrd`` gives it (:mod:`medsam_monai.colours`). A 2D image (:func:`image_preview`) is one tile,
+grey or in colour as read, without orientation letters (a raster knows no patient sides).
 
 Writing is staged: :func:`staged_preview` writes the picture to a hidden temporary file beside the
 target at once and moves it into place only when the caller's block (writing the label volume, say)
@@ -49,12 +51,16 @@ JPEG_QUALITY = 92
 _BACKGROUND = (16, 16, 16)
 _TEXT = (235, 235, 235)
 _SHADOW = (0, 0, 0)
+# point prompts as SAM's demos draw them: positive green, negative red, with a dark outline
+_POSITIVE = (40, 220, 60)
+_NEGATIVE = (235, 40, 40)
 
 # RAS world axis and sign -> the letter of the side it points to.
 _SIDE_LETTERS = {(0, 1): "R", (0, -1): "L", (1, 1): "A", (1, -1): "P", (2, 1): "S", (2, -1): "I"}
 _VOXEL_AXIS_NAMES = "ijk"
 
 Box2D = tuple[int, int, int, int]  # (row0, col0, row1, col1), inclusive display pixels of a slice
+ShownPoint = tuple[float, float, bool]  # (x column, y row, positive) in pixels of a slice
 
 
 class PreviewError(ValueError):
@@ -75,16 +81,33 @@ class EdgeLetters:
 class PreviewTile:
     """One key slice to show.
 
-    ``image`` (rows, cols) uint8 and ``labels`` (rows, cols) int are in display orientation;
-    ``pixel_mm`` is the (row, col) spacing; ``boxes`` maps a label to its inclusive (r0, c0, r1, c1).
+    ``image`` (rows, cols) grey or (rows, cols, 3) RGB uint8 and ``labels`` (rows, cols) int are in
+    display orientation; ``pixel_mm`` is the (row, col) spacing; ``boxes`` maps a label to its
+    inclusive (r0, c0, r1, c1); ``points`` are the point prompts on the slice; ``letters`` None
+    draws no orientation letters.
     """
 
     image: np.ndarray
     labels: np.ndarray
     pixel_mm: tuple[float, float]
     title: str
-    letters: EdgeLetters
+    letters: EdgeLetters | None
     boxes: dict[int, Box2D] = field(default_factory=dict)
+    points: list[ShownPoint] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ShownPrompt:
+    """An object's prompt on the display slice a preview shows for it.
+
+    ``box`` is ``(x0, y0, x1, y1)`` (columns, rows, inclusive) or None (an object of points alone);
+    ``points`` its point prompts on that slice.
+    """
+
+    label: int
+    slice: int
+    box: tuple[float, float, float, float] | None = None
+    points: tuple[ShownPoint, ...] = ()
 
 
 # --------------------------------------------------------------------------------------------
@@ -211,8 +234,8 @@ def _resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return labels[np.ix_(_nearest_indices(labels.shape[0], size[0]), _nearest_indices(labels.shape[1], size[1]))]
 
 
-def _resize_grey(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of a (rows, cols) uint8 slice to ``size`` (height, width)."""
+def _resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a (rows, cols) or (rows, cols, 3) uint8 slice to ``size`` (height, width)."""
     from PIL import Image
 
     return np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize((size[1], size[0]), Image.BILINEAR))
@@ -258,9 +281,9 @@ def _rim(labels: np.ndarray, width: int) -> np.ndarray:
     return rim & (labels != 0)
 
 
-def _overlay(grey: np.ndarray, labels: np.ndarray, colours: Mapping[int, tuple[int, int, int]]) -> np.ndarray:
-    """(H, W) uint8 and (H, W) labels -> (H, W, 3) uint8: each mask filled translucent, its rim solid."""
-    rgb = np.repeat(grey[..., None].astype(np.float32), 3, axis=-1)
+def _overlay(image: np.ndarray, labels: np.ndarray, colours: Mapping[int, tuple[int, int, int]]) -> np.ndarray:
+    """(H, W) or (H, W, 3) uint8 and (H, W) labels -> (H, W, 3) uint8: each mask filled translucent, its rim solid."""
+    rgb = image.astype(np.float32) if image.ndim == 3 else np.repeat(image[..., None].astype(np.float32), 3, axis=-1)
     rim = _rim(labels, RIM_PX)
     for value in np.unique(labels[labels > 0]):
         colour = np.asarray(colours.get(int(value), _TEXT), dtype=np.float32)
@@ -286,17 +309,29 @@ def render_tile(
     """The (H, W, 3) uint8 picture of one key slice, H x W = :func:`tile_size`: masks, boxes and names."""
     from PIL import Image, ImageDraw
 
-    size = tile_size(tile.image.shape, tile.pixel_mm)
-    picture = _overlay(_resize_grey(tile.image, size), _resize_labels(tile.labels, size), colours)
+    shape = tile.image.shape[:2]
+    size = tile_size(shape, tile.pixel_mm)
+    picture = _overlay(_resize_image(tile.image, size), _resize_labels(tile.labels, size), colours)
     canvas = Image.fromarray(picture)
     draw = ImageDraw.Draw(canvas)
     font = _font(font_px)
     for label, box in tile.boxes.items():
-        x0, y0, x1, y1 = box_pixels(box, tile.image.shape, size)
+        x0, y0, x1, y1 = box_pixels(box, shape, size)
         colour = colours.get(label, _TEXT)
         draw.rectangle((x0, y0, x1, y1), outline=colour, width=BOX_PX)
         _box_name(draw, names.get(label, f"Segment_{label}"), (x0, y0, x1, y1), size, font, colour)
+    radius = max(4, font_px // 3)
+    for x, y, positive in tile.points:
+        cx, cy = point_pixel((x, y), shape, size)
+        fill = _POSITIVE if positive else _NEGATIVE
+        draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=fill, outline=_SHADOW, width=2)
     return np.asarray(canvas)
+
+
+def point_pixel(point: tuple[float, float], shape: tuple[int, int], size: tuple[int, int]) -> tuple[float, float]:
+    """Where a point ``(x, y)`` of a slice of ``shape`` (rows, cols) lies in the tile of ``size`` (height,
+    width): the centre of its pixel (SAM reads a point as its pixel's centre, ``+ 0.5``)."""
+    return (point[0] + 0.5) * size[1] / shape[1], (point[1] + 0.5) * size[0] / shape[0]
 
 
 def _box_name(draw, name: str, rect: tuple[int, int, int, int], size: tuple[int, int], font, colour) -> None:
@@ -349,14 +384,15 @@ def render_preview(tiles: Sequence[PreviewTile], names: Mapping[int, str], colou
         left, top = x + band, y + title_h + band
         canvas.paste(Image.fromarray(picture), (left, top))
         rect = (left, top, left + picture.shape[1] - 1, top + picture.shape[0] - 1)
-        _draw_edge_letters(draw, tile.letters, rect, band, font)
+        if tile.letters is not None:
+            _draw_edge_letters(draw, tile.letters, rect, band, font)
     _draw_legend(draw, legend, (pad, rows * (cell_h + pad) + pad), font_px, font)
     return canvas
 
 
 def _font_px(tiles: Sequence[PreviewTile]) -> int:
     """One text size for the whole picture, in proportion to the tiles (20 px for a 512 px tile)."""
-    long_side = max(max(tile_size(t.image.shape, t.pixel_mm)) for t in tiles)
+    long_side = max(max(tile_size(t.image.shape[:2], t.pixel_mm)) for t in tiles)
     return max(16, round(long_side / 26))
 
 
@@ -431,6 +467,75 @@ def _slice_title(key: int, shape_ijk: Sequence[int], layout: DisplayLayout) -> s
     voxel_axis = layout.permutation[0]
     index = display_index_to_ijk((key, 0, 0), shape_ijk, layout)[voxel_axis]
     return f"{layout.axis} slice {_VOXEL_AXIS_NAMES[voxel_axis]} = {index} of 0-{int(shape_ijk[voxel_axis]) - 1}"
+
+
+def prompt_tiles(
+    intensities: np.ndarray, labels: np.ndarray, affine: np.ndarray, axis: str, prompts: Sequence[ShownPrompt]
+) -> list[PreviewTile]:
+    """One tile per distinct display slice of ``prompts`` (their boxes and points drawn on it).
+
+    ``intensities`` (uint8) and ``labels`` are ``[i, j, k]`` arrays; the prompts are in the display
+    frame of ``axis`` (slice, columns and rows as the network saw them).
+    """
+    layout = display_layout(affine, parse_axis(axis))
+    image, shown = to_display(intensities, layout), to_display(labels, layout)
+    spacing = np.linalg.norm(np.asarray(affine, float)[:3, :3], axis=0)
+    pixel_mm = (float(spacing[layout.permutation[1]]), float(spacing[layout.permutation[2]]))
+    letters = edge_letters(affine, layout)
+    tiles: dict[int, PreviewTile] = {}
+    for prompt in prompts:
+        if prompt.slice not in tiles:
+            title = _slice_title(prompt.slice, intensities.shape, layout)
+            tiles[prompt.slice] = PreviewTile(
+                np.asarray(image[prompt.slice]), np.asarray(shown[prompt.slice]), pixel_mm, title, letters
+            )
+        _add_prompt(tiles[prompt.slice], prompt)
+    return list(tiles.values())
+
+
+def _add_prompt(tile: PreviewTile, prompt: ShownPrompt) -> None:
+    if prompt.box is not None:
+        x0, y0, x1, y1 = prompt.box
+        tile.boxes[int(prompt.label)] = (math.floor(y0), math.floor(x0), math.floor(y1), math.floor(x1))
+    tile.points.extend(prompt.points)
+
+
+def prompts_preview(
+    intensities: np.ndarray,
+    labels: np.ndarray,
+    affine: np.ndarray,
+    axis: str,
+    prompts: Sequence[ShownPrompt],
+    segment_names: Mapping[int, str],
+):
+    """The preview picture (PIL RGB image) of a segmented volume from display-frame prompts (boxes, points)."""
+    return _picture(prompt_tiles(intensities, labels, affine, axis, prompts), labels, segment_names)
+
+
+def image_preview(
+    image: np.ndarray,
+    labels: np.ndarray,
+    prompts: Sequence[ShownPrompt],
+    segment_names: Mapping[int, str],
+    pixel_mm: tuple[float, float] | None = None,
+    title: str = "",
+):
+    """The preview picture (PIL RGB image) of a segmented 2D image: one tile, as read (rows x columns).
+
+    ``image`` (H, W) or (H, W, 3) uint8, ``labels`` (H, W); ``prompts`` on slice 0 in pixel
+    coordinates; ``pixel_mm`` the (row, column) spacing (square pixels when unknown).
+    """
+    h, w = image.shape[:2]
+    tile = PreviewTile(np.asarray(image), np.asarray(labels), pixel_mm or (1.0, 1.0), title or f"{w} x {h} px", None)
+    for prompt in prompts:
+        _add_prompt(tile, prompt)
+    return _picture([tile], labels, segment_names)
+
+
+def _picture(tiles: Sequence[PreviewTile], labels: np.ndarray, segment_names: Mapping[int, str]):
+    colours = segment_colours(labels, segment_names)
+    names = {value: segment_names.get(value, f"Segment_{value}") for value in colours}
+    return render_preview(tiles, names, colours)
 
 
 def volume_preview(

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
@@ -21,3 +23,14 @@ def hf_tiny_dir(hf_tiny, tmp_path_factory):
     folder = tmp_path_factory.mktemp("hf_tiny")
     hf_tiny.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture
+def keep_root_logging():
+    """A bundle run applies logging.conf to the root logger; give the tests after it theirs back.
+    (Modules that run bundles use it with ``pytest.mark.usefixtures("keep_root_logging")``.)"""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)

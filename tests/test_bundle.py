@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import logging
 import shutil
 import subprocess
 import sys
@@ -41,17 +40,7 @@ ANATOMICAL = Path(nib.__file__).parent / "tests" / "data" / "anatomical.nii"  # 
 # Two axial slices (k = 10, 11) keep the tiny model's runs short on a 2-core CPU.
 VOXEL_BOX = [5, 5, 10, 25, 30, 11]
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-
-
-@pytest.fixture(autouse=True)
-def keep_root_logging():
-    """A bundle run applies logging.conf to the root logger; give other tests theirs back."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
+pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.usefixtures("keep_root_logging")]
 
 
 @pytest.fixture(scope="module")
@@ -387,7 +376,7 @@ def test_prompts_give_boxes_numbered_as_medsam_segment():
 @pytest.mark.parametrize(
     ("prompts", "message"),
     [
-        ({}, "no box given"),
+        ({}, "no box or point given"),
         ({"box": [1, 2, 3]}, "'box' must be 6 numbers"),
         ({"box": [0, 0, 0, 10, 1, 1]}, "outside the image"),
         ({"box": [3, 0, 0, 1, 1, 1]}, "reversed"),

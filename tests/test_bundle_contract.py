@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
 import shutil
 import socket
 from pathlib import Path
@@ -36,16 +35,7 @@ CONFIGS = BUNDLE / "configs"
 ANATOMICAL = Path(nib.__file__).parent / "tests" / "data" / "anatomical.nii"  # 3D MR, 33x41x25
 VOXEL_BOX = [5, 5, 10, 25, 30, 11]  # two axial slices: short runs of the tiny model
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-
-
-@pytest.fixture(autouse=True)
-def keep_root_logging():
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
+pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.usefixtures("keep_root_logging")]
 
 
 def two_series_folder(folder: Path) -> list[str]:

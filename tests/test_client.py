@@ -23,6 +23,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from helpers import assert_partial, relayout
 
 from medsam_monai.checkpoints import TINY_DEMO_CHECKPOINT
 from medsam_monai.cli import main
@@ -52,25 +53,9 @@ from MedSAMLib.client import (  # noqa: E402
 TOKEN = "a-long-random-test-token"
 
 
-def relayout(volume: Volume, permutation, flips) -> Volume:
-    """The same physical image stored in another voxel order (axes permuted, some reversed)."""
-    array = volume.array.transpose(permutation)
-    affine = volume.affine[:, [*permutation, 3]].copy()
-    for axis, flip in enumerate(flips):
-        if flip:
-            array = np.flip(array, axis)
-            affine[:3, 3] += affine[:3, axis] * (array.shape[axis] - 1)
-            affine[:3, axis] *= -1
-    return Volume(np.ascontiguousarray(array), affine)
-
-
 def as_slicer_array(volume: Volume) -> np.ndarray:
     """What ``slicer.util.arrayFromVolume`` returns for this volume: [k, j, i], C order."""
     return np.ascontiguousarray(volume.array.transpose(2, 1, 0))
-
-
-def assert_partial(labels: np.ndarray) -> None:
-    assert 0 < np.count_nonzero(labels) < labels.size  # an empty or full mask would prove nothing
 
 
 # ----- the client is torch-free ---------------------------------------------------------------

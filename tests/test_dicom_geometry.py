@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from helpers import read_error_line
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
@@ -27,14 +28,6 @@ LOCALIZER = DICOMDIR_TESTS / "98892003" / "MR2"  # three series; two are three-p
 RADIAL = DICOMDIR_TESTS / "98892003" / "MR700"  # 7 slices rotated about one axis
 WITH_GAP = DICOMDIR_TESTS / "77654033" / "CT2"  # 4 slices, one of them ~200 mm from the others
 CT_STUDY = DICOMDIR_TESTS / "98892001"  # CT2N (scout, 2 files) and CT5N (5 axial slices)
-
-
-def _one_line_error(path, match: str, **kwargs) -> str:
-    with pytest.raises(ImageReadError, match=match) as error:
-        read_volume(path, **kwargs)
-    message = str(error.value)
-    assert "\n" not in message
-    return message
 
 
 def _headers(folder: Path) -> list[pydicom.Dataset]:
@@ -59,7 +52,7 @@ def test_a_real_three_plane_localizer_is_refused():
     uid, files = max(by_series.items(), key=lambda item: len(item[1]))
     planes = {tuple(np.round(np.array(ds.ImageOrientationPatient, float), 3)) for ds in files}
     assert len(planes) == 3  # the data are what this test says they are
-    message = _one_line_error(LOCALIZER, "mixed orientations", series_uid=uid)
+    message = read_error_line(LOCALIZER, "mixed orientations", series_uid=uid)
     assert f"{len(planes)} different slice planes" in message
     for plane in ("axial", "coronal", "sagittal"):
         assert plane in message
@@ -67,7 +60,7 @@ def test_a_real_three_plane_localizer_is_refused():
 
 def test_real_radial_slices_are_refused():
     count = len(_headers(RADIAL))
-    message = _one_line_error(RADIAL, "mixed orientations")
+    message = read_error_line(RADIAL, "mixed orientations")
     assert f"{count} different slice planes among {count} files" in message
 
 
@@ -76,7 +69,7 @@ def test_a_real_series_with_a_gap_is_refused_at_the_gap():
     z = np.array([_z(ds) for ds in ordered])
     steps = np.diff(z)
     gap = int(np.argmax(steps))
-    message = _one_line_error(WITH_GAP, "a gap at position")
+    message = read_error_line(WITH_GAP, "a gap at position")
     assert f"a gap at position {z[gap]:.2f} mm" in message
     assert f"{steps[gap]:.2f} mm to the next slice" in message
     assert f"others are {np.median(steps):.2f} mm apart" in message
@@ -95,7 +88,7 @@ def test_a_real_regular_series_reads_in_position_order():
 
 def test_a_study_folder_is_searched_and_its_series_listed():
     series = {ds.SeriesInstanceUID: ds for folder in ("CT2N", "CT5N") for ds in _headers(CT_STUDY / folder)}
-    message = _one_line_error(CT_STUDY, "holds 2 DICOM series; choose one with --series-uid")
+    message = read_error_line(CT_STUDY, "holds 2 DICOM series; choose one with --series-uid", longest=None)  # lists them
     for uid, ds in series.items():
         assert uid in message and ds.SeriesDescription in message and ds.Modality in message
     assert "2 files of 16x16, in CT2N" in message and "5 files of 16x16, in CT5N" in message
@@ -107,16 +100,16 @@ def test_a_study_folder_is_searched_and_its_series_listed():
 
 
 def test_an_unknown_series_uid_lists_what_is_there():
-    message = _one_line_error(CT_STUDY, "no DICOM series '1.2.3' among the 2 found: ", series_uid="1.2.3")
+    message = read_error_line(CT_STUDY, "no DICOM series '1.2.3' among the 2 found: ", series_uid="1.2.3")
     assert message.count("; ") == 1 and message.count(" files of 16x16") == 2
 
 
 def test_a_series_uid_for_a_file_is_refused():
-    _one_line_error(get_testdata_file("CT_small.dcm"), "this is a file", series_uid="1.2.3")
+    read_error_line(get_testdata_file("CT_small.dcm"), "this is a file", series_uid="1.2.3")
 
 
 def test_files_without_pixel_data_are_not_taken_for_images():
-    message = _one_line_error(DICOMDIR_TESTS / "TINY_ALPHA", "no readable DICOM image")
+    message = read_error_line(DICOMDIR_TESTS / "TINY_ALPHA", "no readable DICOM image")
     assert "no pixel data" in message
 
 
@@ -191,7 +184,7 @@ def test_a_regular_synthetic_series_reads_at_its_spacing(tmp_path):
 def test_a_missing_slice_is_a_gap(tmp_path):
     paths = write_series(tmp_path, stack(40, 4.0))
     paths[20].unlink()
-    message = _one_line_error(tmp_path, "a gap at position 96.00 mm")
+    message = read_error_line(tmp_path, "a gap at position 96.00 mm")
     assert "8.00 mm to the next slice where the others are 4.00 mm apart (between s019.dcm and s021.dcm" in message
 
 
@@ -199,7 +192,7 @@ def test_uneven_spacing_is_refused(tmp_path):
     positions = stack(10, 2.0)
     positions[5][2] += 0.5  # a slice 0.5 mm off its place: steps 2.5 and 1.5
     write_series(tmp_path, positions)
-    message = _one_line_error(tmp_path, "at position")
+    message = read_error_line(tmp_path, "at position")
     assert "2.50 mm to the next slice" in message or "1.50 mm to the next slice" in message
 
 
@@ -214,21 +207,21 @@ def test_one_slice_in_another_orientation_is_refused(tmp_path):
     orientations = [AXIAL] * 6
     orientations[3] = [1.0, 0.0, 0.0, 0.0, 0.0, -1.0]  # coronal
     write_series(tmp_path, stack(6, 3.0), orientations)
-    message = _one_line_error(tmp_path, "mixed orientations: 2 different slice planes among 6 files")
+    message = read_error_line(tmp_path, "mixed orientations: 2 different slice planes among 6 files")
     assert "axial in s000.dcm" in message and "coronal in s003.dcm" in message
 
 
 def test_slices_at_the_same_position_are_refused(tmp_path):
     positions = stack(6, 3.0)
     write_series(tmp_path, positions + positions[2:3])  # a repeat of slice 2 (a second echo, say)
-    _one_line_error(tmp_path, "2 slices share positions .*s002.dcm.*s006.dcm|2 slices share positions .*s006.dcm.*s002.dcm")
+    read_error_line(tmp_path, "2 slices share positions .*s002.dcm.*s006.dcm|2 slices share positions .*s006.dcm.*s002.dcm")
 
 
 def test_slices_shifted_within_their_plane_are_refused(tmp_path):
     # A gantry-tilted CT: axial orientation, but each slice moves 1 mm in y as z goes up.
     positions = [[-100.0, -80.0 + n * 1.0, 20.0 + n * 3.0] for n in range(8)]
     write_series(tmp_path, positions)
-    _one_line_error(tmp_path, "not stacked along their normal .*gantry tilt")
+    read_error_line(tmp_path, "not stacked along their normal .*gantry tilt")
 
 
 def test_slices_of_different_sizes_are_refused(tmp_path):
@@ -237,7 +230,7 @@ def test_slices_of_different_sizes_are_refused(tmp_path):
     ds.PixelData = ds.pixel_array[:64, :64].copy().tobytes()
     ds.Rows, ds.Columns = 64, 64
     ds.save_as(paths[1])
-    _one_line_error(tmp_path, "slices of different sizes in one series: 128x128 .*64x64 \\(s001.dcm\\)")
+    read_error_line(tmp_path, "slices of different sizes in one series: 128x128 .*64x64 \\(s001.dcm\\)")
 
 
 # ------------------------------------------------------------------------------------------
@@ -263,7 +256,7 @@ def _damage(path: Path, how: str) -> None:
 def test_a_damaged_file_in_a_series_is_refused_by_name(tmp_path, how):
     paths = write_series(tmp_path, stack(40, 4.0))
     _damage(paths[20], how)
-    message = _one_line_error(tmp_path, "damaged DICOM file s020.dcm in series")
+    message = read_error_line(tmp_path, "damaged DICOM file s020.dcm in series")
     assert "repair or remove it" in message
 
 
@@ -272,12 +265,12 @@ def test_a_damaged_file_of_another_series_elsewhere_does_not_block(tmp_path):
     other = write_series(tmp_path / "other", stack(3, 2.0))
     _damage(other[1], "truncated pixels")
     uid = pydicom.dcmread(good[0], stop_before_pixels=True).SeriesInstanceUID
-    message = _one_line_error(tmp_path, "holds 2 DICOM series")
+    message = read_error_line(tmp_path, "holds 2 DICOM series")
     assert "in axial" in message and "in other" in message
     assert read_volume(tmp_path, series_uid=uid).shape == (128, 128, 5)
     # The damaged file's header names its series: choosing that series names the file.
     other_uid = pydicom.dcmread(other[0], stop_before_pixels=True).SeriesInstanceUID
-    _one_line_error(tmp_path, "damaged DICOM file other/s001.dcm", series_uid=other_uid)
+    read_error_line(tmp_path, "damaged DICOM file other/s001.dcm", series_uid=other_uid)
 
 
 def test_files_that_are_not_dicom_are_skipped(tmp_path):
@@ -290,10 +283,10 @@ def test_files_that_are_not_dicom_are_skipped(tmp_path):
 def test_the_search_is_bounded(tmp_path, monkeypatch):
     write_series(tmp_path / "a" / "b", stack(3, 2.0))
     monkeypatch.setattr(mio, "DICOM_SEARCH_MAX_FILES", 2)
-    _one_line_error(tmp_path, "more than 2 files below this folder")
+    read_error_line(tmp_path, "more than 2 files below this folder")
     monkeypatch.setattr(mio, "DICOM_SEARCH_MAX_FILES", 100)
     monkeypatch.setattr(mio, "DICOM_SEARCH_MAX_DEPTH", 1)
-    _one_line_error(tmp_path, "no DICOM series found")
+    read_error_line(tmp_path, "no DICOM series found")
     monkeypatch.setattr(mio, "DICOM_SEARCH_MAX_DEPTH", 2)
     assert read_volume(tmp_path).shape[2] == 3
 

@@ -17,6 +17,7 @@ import pytest
 
 from medsam_monai import download
 from medsam_monai.cli import main
+from medsam_monai.cli.progress import download_progress, terminal_bar
 from medsam_monai.download import (
     DEFAULT_MAX_MB,
     KNOWN_WEIGHTS,
@@ -27,7 +28,6 @@ from medsam_monai.download import (
     download_file,
     fetch_weights,
     sha256_of_file,
-    terminal_progress,
     verify_sha256,
 )
 
@@ -347,21 +347,31 @@ class _FakeTTY(io.StringIO):
         return True
 
 
-def test_terminal_progress_only_draws_on_tty():
+def test_download_progress_only_draws_on_tty():
     quiet = io.StringIO()
-    report = terminal_progress(quiet)
+    report = download_progress(quiet)
     report(10, 100)
     report(100, 100)
     assert quiet.getvalue() == ""
 
     tty = _FakeTTY()
-    report = terminal_progress(tty)
+    report = download_progress(tty)
     report(50, 100)
     report(100, 100)
     report(7, None)
     text = tty.getvalue()
     assert text.count("\r") == 3
     assert "100.0%" in text
+
+
+def test_download_and_slice_progress_draw_the_same_bar(capsys):
+    """One bar drawer: a download's bytes and a volume's slices fill the same 30 characters alike."""
+    tty = _FakeTTY()
+    download_progress(tty)(1_500_000, 3_000_000)
+    terminal_bar("segmenting")(20, 40)
+    half = "#" * 15 + "." * 15
+    assert tty.getvalue() == f"\r[{half}]  50.0% 1.5/3.0 MB"
+    assert capsys.readouterr().err == f"\rsegmenting [{half}] 20/40 slices"
 
 
 # --------------------------------------------------------------------------- #

@@ -13,22 +13,15 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from helpers import read_error_line
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from medsam_monai import io as mio
-from medsam_monai.io import ImageReadError, Volume, affine_from_sitk, read_volume, sitk_from_array, write_label_volume
+from medsam_monai.io import Volume, affine_from_sitk, read_volume, sitk_from_array, write_label_volume
 
 NIBABEL_DATA = Path(nib.__file__).parent / "tests" / "data"
 LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
-
-
-def _one_line_error(path, match: str, **kwargs) -> str:
-    with pytest.raises(ImageReadError, match=match) as error:
-        read_volume(path, **kwargs)
-    message = str(error.value)
-    assert "\n" not in message and len(message) < 400
-    return message
 
 
 # ------------------------------------------------------------------------------------------
@@ -57,7 +50,7 @@ def test_simpleitk_and_nibabel_agree_on_the_nifti_affine():
 
 def test_4d_is_refused_unless_it_holds_one_volume(tmp_path):
     path = NIBABEL_DATA / "example4d.nii.gz"
-    message = _one_line_error(path, "expected a 3D image")
+    message = read_error_line(path, "expected a 3D image")
     assert "(128, 96, 24, 2)" in message
     single = nib.load(path).slicer[..., :1]
     nib.save(single, tmp_path / "one.nii.gz")
@@ -68,7 +61,7 @@ def test_4d_is_refused_unless_it_holds_one_volume(tmp_path):
 
 def test_nifti2_and_mgz(tmp_path):
     source = nib.load(NIBABEL_DATA / "example_nifti2.nii.gz")
-    _one_line_error(NIBABEL_DATA / "example_nifti2.nii.gz", "expected a 3D image, got shape")
+    read_error_line(NIBABEL_DATA / "example_nifti2.nii.gz", "expected a 3D image, got shape")
     first = source.slicer[..., 0]
     nib.save(nib.Nifti2Image(np.asanyarray(first.dataobj), first.affine, first.header), tmp_path / "n2.nii.gz")
     assert nib.load(tmp_path / "n2.nii.gz").header.sizeof_hdr == 540
@@ -77,7 +70,7 @@ def test_nifti2_and_mgz(tmp_path):
     np.testing.assert_allclose(volume.affine, source.affine)
 
     mgz = nib.load(NIBABEL_DATA / "test.mgz")
-    _one_line_error(NIBABEL_DATA / "test.mgz", "expected a 3D image")
+    read_error_line(NIBABEL_DATA / "test.mgz", "expected a 3D image")
     nib.save(mgz.slicer[..., 1], tmp_path / "one.mgz")
     volume = read_volume(tmp_path / "one.mgz")
     np.testing.assert_array_equal(volume.array, np.asanyarray(mgz.dataobj)[..., 1])
@@ -180,13 +173,13 @@ def test_folder_with_two_series(tmp_path):
     _write_series(tmp_path, 4, 3.0, [1, 0, 0, 0, 1, 0], big, mark=1000)
     _write_series(tmp_path, 2, 3.0, [1, 0, 0, 0, 1, 0], small, mark=2000)
     # Several series and no choice: refused, with every series listed (no silent pick of the largest).
-    message = _one_line_error(tmp_path, "holds 2 DICOM series; choose one with --series-uid")
+    message = read_error_line(tmp_path, "holds 2 DICOM series; choose one with --series-uid")
     assert f"{big} (CT" in message and "4 files of 128x128" in message
     assert f"{small} (CT" in message and "2 files of 128x128" in message
     assert read_volume(tmp_path, series_uid=big).shape[2] == 4
     chosen = read_volume(tmp_path, series_uid=small)
     assert chosen.shape[2] == 2 and int(chosen.array[7, 5, 1]) == 2000 + 100 - 1024
-    _one_line_error(tmp_path, "no DICOM series", series_uid="1.2.3")
+    read_error_line(tmp_path, "no DICOM series", series_uid="1.2.3")
 
 
 # ------------------------------------------------------------------------------------------
@@ -195,27 +188,27 @@ def test_folder_with_two_series(tmp_path):
 
 
 def test_read_errors(tmp_path):
-    _one_line_error(tmp_path / "missing.nii.gz", "no such file")
+    read_error_line(tmp_path / "missing.nii.gz", "no such file")
     (tmp_path / "text.nii.gz").write_text("not an image\n")
-    _one_line_error(tmp_path / "text.nii.gz", "cannot read")
+    read_error_line(tmp_path / "text.nii.gz", "cannot read")
     (tmp_path / "text.nrrd").write_text("not an image either\n")
-    _one_line_error(tmp_path / "text.nrrd", "unsupported or unreadable")
+    read_error_line(tmp_path / "text.nrrd", "unsupported or unreadable")
     empty = tmp_path / "empty"
     empty.mkdir()
-    _one_line_error(empty, "empty folder")
+    read_error_line(empty, "empty folder")
     notes = tmp_path / "notes"
     notes.mkdir()
     (notes / "readme.txt").write_text("hello")
-    _one_line_error(notes, "no DICOM series")
+    read_error_line(notes, "no DICOM series")
 
 
 def test_2d_images_are_refused(tmp_path):
     sitk.WriteImage(sitk.Image(5, 6, sitk.sitkUInt8), str(tmp_path / "flat.mha"))
-    assert "(5, 6)" in _one_line_error(tmp_path / "flat.mha", "expected a 3D image")
+    assert "(5, 6)" in read_error_line(tmp_path / "flat.mha", "expected a 3D image")
     nib.save(nib.Nifti1Image(np.zeros((5, 6), np.uint8), np.eye(4)), tmp_path / "flat.nii.gz")
-    assert "(5, 6)" in _one_line_error(tmp_path / "flat.nii.gz", "expected a 3D image")
+    assert "(5, 6)" in read_error_line(tmp_path / "flat.nii.gz", "expected a 3D image")
     sitk.WriteImage(sitk.Image(5, 6, sitk.sitkVectorUInt8, 3), str(tmp_path / "rgb.png"))
-    _one_line_error(tmp_path / "rgb.png", "expected a 3D image")
+    read_error_line(tmp_path / "rgb.png", "expected a 3D image")
 
 
 # ------------------------------------------------------------------------------------------

@@ -13,11 +13,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from helpers import read_error_line
 
 from medsam_monai import io as mio
 from medsam_monai.cli import main
 from medsam_monai.io import (
-    ImageReadError,
     ImageWriteError,
     check_output_path,
     read_volume,
@@ -27,14 +27,6 @@ from medsam_monai.io import (
 
 NIBABEL_DATA = Path(nib.__file__).parent / "tests" / "data"
 ANATOMICAL = NIBABEL_DATA / "anatomical.nii"  # qform and sform code 2 (aligned)
-
-
-def _one_line_error(path, match: str, **kwargs) -> str:
-    with pytest.raises(ImageReadError, match=match) as error:
-        read_volume(path, **kwargs)
-    message = str(error.value)
-    assert "\n" not in message
-    return message
 
 
 def _anatomical() -> tuple[np.ndarray, np.ndarray]:
@@ -91,7 +83,7 @@ def test_corrupt_compressed_input_is_refused(tmp_path, suffix, damage):
         damaged.write_bytes(data[:-4])
     else:
         damaged.write_bytes(data[: len(data) // 2])
-    message = _one_line_error(read, "corrupt (gzip|zlib)-compressed data")
+    message = read_error_line(read, "corrupt (gzip|zlib)-compressed data")
     assert "refusing to read damaged voxels" in message
 
 
@@ -111,7 +103,7 @@ def test_a_truncated_raw_metaimage_is_one_line_without_metaio_text(tmp_path, cap
     sitk.WriteImage(mio.sitk_from_array(array, affine), str(path), False)  # uncompressed
     path.write_bytes(path.read_bytes()[:-100])
     capfd.readouterr()
-    _one_line_error(path, "unsupported or unreadable")
+    read_error_line(path, "unsupported or unreadable")
     assert capfd.readouterr().err == ""  # MetaIO's "data not read completely" stays off the terminal
 
 
@@ -124,9 +116,9 @@ def test_complex_voxels_are_refused(tmp_path):
     array, affine = _anatomical()
     complex_array = (array + 1j * array[::-1]).astype(np.complex64)
     nib.save(nib.Nifti1Image(complex_array, affine), tmp_path / "c.nii.gz")
-    _one_line_error(tmp_path / "c.nii.gz", r"complex-valued voxels \(complex64\).*save the magnitude")
+    read_error_line(tmp_path / "c.nii.gz", r"complex-valued voxels \(complex64\).*save the magnitude")
     sitk.WriteImage(sitk.GetImageFromArray(complex_array.transpose(2, 1, 0)), str(tmp_path / "c.nrrd"))
-    _one_line_error(tmp_path / "c.nrrd", "complex-valued voxels")
+    read_error_line(tmp_path / "c.nrrd", "complex-valued voxels")
 
 
 def _with_pixdim(path: Path, axis: int, value: float) -> Path:
@@ -151,7 +143,7 @@ def test_unknown_voxel_size_is_refused_not_taken_for_1_mm(tmp_path, capfd, value
     path = _with_pixdim(_qform_only_copy(tmp_path), 3, value)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no Python warning either: it would print two lines on the terminal
-        message = _one_line_error(path, "voxel size \\(pixdim\\) .* along k and no sform; refusing to assume 1 mm")
+        message = read_error_line(path, "voxel size \\(pixdim\\) .* along k and no sform; refusing to assume 1 mm")
     assert f"{value:g}" in message
     assert capfd.readouterr().err == ""  # nibabel's "setting 0 dims to 1" is not printed either
 
@@ -173,7 +165,7 @@ def test_a_non_finite_affine_is_refused(tmp_path):
     sform[2, 3] = np.nan
     header.set_sform(sform, code=2)
     nib.save(nib.Nifti1Image(_anatomical()[0], None, header), tmp_path / "nan.nii")
-    _one_line_error(tmp_path / "nan.nii", "no usable voxel-to-world geometry")
+    read_error_line(tmp_path / "nan.nii", "no usable voxel-to-world geometry")
 
 
 # ------------------------------------------------------------------------------------------

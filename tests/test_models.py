@@ -70,3 +70,42 @@ def test_load_predictor_refuses_a_checkpoint_of_another_variant():
 
     with pytest.raises(CheckpointError):
         models.load_predictor("vit_b", TINY_DEMO_CHECKPOINT, device="cpu")
+
+
+# ----- the image pipeline follows the checkpoint ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("variant", "checkpoint", "expected"),
+    [
+        ("vit_b", None, "medsam"),  # the default vit_b weights are MedSAM's
+        ("vit_l", None, "sam"),
+        ("vit_h", None, "sam"),
+        ("tiny", None, "medsam"),
+        ("vit_b", "/weights/sam_vit_b_01ec64.pth", "sam"),  # SAM's registered ViT-B file
+        ("vit_h", "/weights/sam_vit_h_4b8939.pth", "sam"),
+        ("vit_b", "/weights/medsam_vit_b.pth", "medsam"),  # any other vit_b file: MedSAM's
+        ("vit_l", "/weights/finetuned.pth", "sam"),  # only SAM publishes ViT-L weights
+    ],
+)
+def test_the_default_preprocessing_follows_the_checkpoint(variant, checkpoint, expected):
+    assert models.default_preprocessing(variant, checkpoint) == expected
+
+
+def test_a_safetensors_file_records_its_preprocessing_and_it_wins(tmp_path):
+    from safetensors.torch import save_file
+
+    state = build_sam("tiny", TINY_DEMO_CHECKPOINT).state_dict()
+    path = tmp_path / "sam_vit_b_01ec64.pth"  # a name that would say "sam"; the metadata wins
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path), metadata={"preprocessing": "medsam"})
+    assert models.default_preprocessing("tiny", path) == "medsam"
+    assert models.load_predictor("tiny", path, device="cpu").preprocessing == "medsam"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path), metadata={"preprocessing": "sam"})
+    assert models.load_predictor("tiny", path, device="cpu").preprocessing == "sam"
+
+
+def test_the_demo_weights_record_medsams_pipeline_and_an_explicit_choice_wins():
+    assert models.load_predictor("tiny", device="cpu").preprocessing == "medsam"
+    assert models.load_predictor("tiny", device="cpu", preprocessing="sam").preprocessing == "sam"
+    with pytest.raises(ValueError, match="unknown preprocessing 'imagenet'; choose one of medsam, sam"):
+        models.load_predictor("tiny", device="cpu", preprocessing="imagenet")

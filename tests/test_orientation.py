@@ -6,8 +6,9 @@ import itertools
 
 import numpy as np
 import pytest
+from helpers import relayout_array
 
-from medsam_monai import orientation
+from medsam_monai import wire
 from medsam_monai.orientation import (
     AXES,
     box_display_to_ijk,
@@ -40,18 +41,6 @@ def _phantom() -> tuple[np.ndarray, np.ndarray]:
     return volume, affine
 
 
-def _relayout(volume: np.ndarray, affine: np.ndarray, perm: tuple[int, int, int], flip_old: tuple[bool, bool, bool]):
-    """The same physical image stored with old axes flipped, then transposed by ``perm``."""
-    flipped = np.flip(volume, axis=[v for v in range(3) if flip_old[v]])
-    new = flipped.transpose(perm)
-    to_old = np.zeros((4, 4))
-    to_old[3, 3] = 1
-    for d, v in enumerate(perm):
-        to_old[v, d] = -1 if flip_old[v] else 1
-        to_old[v, 3] = volume.shape[v] - 1 if flip_old[v] else 0
-    return new, affine @ to_old
-
-
 def _rotation(degrees: float, axis: int) -> np.ndarray:
     c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
     a, b = [n for n in range(3) if n != axis]
@@ -64,10 +53,11 @@ def _layouts() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     volume, affine = _phantom()
     layouts = {
         "ras": (volume, affine),
-        "lps": _relayout(volume, affine, (0, 1, 2), (True, True, False)),
-        "kij": _relayout(volume, affine, (2, 0, 1), (False, False, False)),
-        "flip_k": _relayout(volume, affine, (0, 1, 2), (False, False, True)),
-        "jki_flipped": _relayout(volume, affine, (1, 2, 0), (True, False, True)),
+        # (permutation, flips of the new axes): relayout's rule, shared with the other tests
+        "lps": relayout_array(volume, affine, ((0, 1, 2), (True, True, False))),
+        "kij": relayout_array(volume, affine, ((2, 0, 1), (False, False, False))),
+        "flip_k": relayout_array(volume, affine, ((0, 1, 2), (False, False, True))),
+        "jki_flipped": relayout_array(volume, affine, ((1, 2, 0), (False, True, True))),
     }
     # The scanner tilted by 10 degrees about each world axis: the same voxels, an oblique affine.
     tilt = _rotation(10, 0) @ _rotation(-10, 1) @ _rotation(10, 2)
@@ -208,7 +198,7 @@ def _brute_force_box(lo, hi, affine, shape):
 def test_ras_box_to_ijk_matches_brute_force(name, monkeypatch):
     array, affine = LAYOUTS[name]
     # A tiny search chunk makes the oblique search walk several chunks even on this small volume.
-    monkeypatch.setattr(orientation, "_SEARCH_CHUNK", 7)
+    monkeypatch.setattr(wire, "SEARCH_CHUNK", 7)
     corners = np.array(list(itertools.product(*[(0, n - 1) for n in array.shape])), dtype=float)
     world = np.c_[corners, np.ones(8)] @ affine.T
     low, high = world[:, :3].min(axis=0) - 3, world[:, :3].max(axis=0) + 3

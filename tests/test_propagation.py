@@ -43,7 +43,7 @@ def test_the_key_slice_formula_is_written_once_in_the_package():
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             if KEY_SLICE_FORMULA.search(line) and not line.lstrip().startswith(('"""', "#")) and "``" not in line:
                 found.append(f"{path.relative_to(package.parent)}:{number}")
-    assert found == ["medsam_monai/propagation.py:87"]
+    assert len(found) == 1 and found[0].startswith("medsam_monai/propagation.py:"), found
 
 
 # ----- object prompts -------------------------------------------------------------------------
@@ -160,3 +160,72 @@ def test_server_box_and_points_propagation_equals_the_librarys_voxel_for_voxel()
     assert 0 < np.count_nonzero(expected) < expected.size  # neither empty nor full
     assert not np.array_equal(library, without_points)  # the points change the result, so the comparison means something
     np.testing.assert_array_equal(server, expected)
+
+
+# ----- key slice, known key mask, mask prompts, multimask -------------------------------------
+
+
+class MaskPromptRecordingSam(PointRecordingSam):
+    """A STUB network (logic around the network only): as PointRecordingSam, but it also records
+    whether a dense mask prompt came, and answers three candidates whose IoU picks the second."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mask_calls: list[tuple[int, bool]] = []
+
+    def decode(self, embeddings, boxes=None, points=None, mask_inputs=None, multimask_output=False):
+        logits, _ = super().decode(embeddings, boxes, points, mask_inputs, multimask_output)
+        self.mask_calls.append((int(embeddings[0, 0, 0, 0]), mask_inputs is not None))
+        if not multimask_output:
+            return logits, torch.ones(1, 1)
+        empty = torch.full_like(logits, -10.0)
+        return torch.cat([empty, logits, empty], dim=1), torch.tensor([[0.2, 0.9, 0.1]])
+
+
+def test_an_explicit_key_slice_starts_the_propagation_there_and_a_key_mask_is_kept():
+    volume = np.zeros((12, 256, 256), dtype=np.uint8)
+    volume[:, 0, 0] = np.arange(12)
+    stub = PointRecordingSam()
+    predictor = SliceIdPredictor(stub, encode_batch_size=1)
+    key_mask = np.zeros((256, 256), dtype=bool)
+    key_mask[100:120, 30:60] = True
+    labels = propagate(predictor, volume, [ObjectPrompt((0, 0, 0, 255, 255, 11), key=3, key_mask=key_mask)], stop_when_empty=True)
+    assert [z for z, _ in stub.calls] == [4, 5, 6, 7, 8, 9, 10, 11, 2, 1, 0]  # the key slice is not predicted
+    np.testing.assert_array_equal(labels[3], key_mask)
+    # its neighbours get the key mask's box (enlarged by 12 px of the 1024 frame = 3 px here)
+    rows, cols = np.flatnonzero(labels[4].any(axis=1)), np.flatnonzero(labels[4].any(axis=0))
+    assert (rows[0], rows[-1], cols[0], cols[-1]) == (97, 122, 27, 62)
+    with pytest.raises(ValueError, match=r"key slice 12 lies outside the box's slices 0..11"):
+        propagate(predictor, volume, [ObjectPrompt((0, 0, 0, 255, 255, 11), key=12)])
+    with pytest.raises(ValueError, match=r"the key mask is 10x10 but the slices are 256x256"):
+        propagate(predictor, volume, [ObjectPrompt((0, 0, 0, 255, 255, 11), key_mask=np.ones((10, 10), bool))])
+
+
+def test_mask_prompts_go_to_their_slice_and_multimask_keeps_the_best_candidate_with_its_scores():
+    volume = np.zeros((6, 256, 256), dtype=np.uint8)
+    volume[:, 0, 0] = np.arange(6)
+    stub = MaskPromptRecordingSam()
+    predictor = SliceIdPredictor(stub, encode_batch_size=1)
+    prompt = np.zeros((256, 256), dtype=bool)
+    prompt[64:128, 64:128] = True
+    obj = ObjectPrompt((64, 64, 1, 127, 127, 4), label=2, mask_prompts={2: prompt, 4: prompt})
+    scores: dict = {}
+    labels = propagate(predictor, volume, [obj], multimask_output=True, scores=scores)
+    assert dict(stub.mask_calls) == {1: False, 2: True, 3: False, 4: True}
+    assert set(scores) == {2} and set(scores[2]) == {1, 2, 3, 4}
+    np.testing.assert_allclose(scores[2][3], [0.2, 0.9, 0.1])
+    assert labels[1:5].any(axis=(1, 2)).all() and not labels[0].any()  # the second candidate (the box) was kept
+    with pytest.raises(ValueError, match=r"mask prompts on slices \[5\] lie outside the box's slices 1..4"):
+        propagate(predictor, volume, [ObjectPrompt(obj.box, mask_prompts={5: prompt})])
+
+
+def test_a_mask_prompt_becomes_low_res_logits_in_the_frame_of_each_pipeline():
+    from medsam_monai.transforms import mask_prompt_logits
+
+    mask = np.zeros((300, 600), dtype=bool)
+    mask[:, :300] = True  # the left half
+    medsam = mask_prompt_logits(mask, "medsam")[0]  # stretched: the left half of the 256 frame
+    sam = mask_prompt_logits(mask, "sam")[0]  # longest side to 256: 128 rows, then padding
+    assert medsam.shape == sam.shape == (256, 256)
+    assert (medsam[:, :127] > 9).all() and (medsam[:, 129:] < -9).all()
+    assert (sam[:127, :127] > 9).all() and (sam[:128, 129:] < -9).all() and (sam[129:] < -9).all()

@@ -15,6 +15,7 @@ import numpy as np
 import pydicom
 import pytest
 import torch
+from helpers import relayout
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
@@ -34,19 +35,6 @@ def tiny_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
     torch.save(build_sam_variant("tiny").state_dict(), path)
     return path
-
-
-def relayout(volume: Volume, permutation, flips) -> Volume:
-    """The same physical image stored with another voxel order: permute axes, then flip some."""
-    array = volume.array.transpose(permutation)
-    affine = volume.affine[:, list(permutation) + [3]].copy()
-    for axis, flip in enumerate(flips):
-        if flip:
-            array = np.flip(array, axis)
-            n = array.shape[axis]
-            affine[:3, 3] += affine[:3, axis] * (n - 1)
-            affine[:3, axis] *= -1
-    return Volume(np.ascontiguousarray(array), affine)
 
 
 def to_ras_grid(labels: np.ndarray, volume: Volume) -> np.ndarray:

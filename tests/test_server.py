@@ -17,6 +17,7 @@ import zlib
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from helpers import assert_partial, relayout
 
 from medsam_monai.cli import main
 from medsam_monai.cli.serve import is_loopback
@@ -31,18 +32,6 @@ from medsam_monai.server.runtime import embedding_key, nearest_first
 from medsam_monai.server.testing import fast_tiny_predictor
 
 TOKEN = "s3cret-token-for-tests"
-
-
-def relayout(volume: Volume, permutation, flips) -> Volume:
-    """The same physical image stored in another voxel order (axes permuted, some reversed)."""
-    array = volume.array.transpose(permutation)
-    affine = volume.affine[:, [*permutation, 3]].copy()
-    for axis, flip in enumerate(flips):
-        if flip:
-            array = np.flip(array, axis)
-            affine[:3, 3] += affine[:3, axis] * (array.shape[axis] - 1)
-            affine[:3, axis] *= -1
-    return Volume(np.ascontiguousarray(array), affine)
 
 
 @pytest.fixture(scope="module")
@@ -92,11 +81,6 @@ def labels_of(result: dict) -> np.ndarray:
 
 def expected_labels(model, volume: Volume, box, axis="axial") -> np.ndarray:
     return segment_volume(MedSAMPredictor(model), volume, [VoxelBox(tuple(box))], axis=axis)
-
-
-def assert_partial(labels: np.ndarray) -> None:
-    """An empty or full mask would make a comparison meaningless."""
-    assert 0 < np.count_nonzero(labels) < labels.size
 
 
 @pytest.fixture()
@@ -524,7 +508,7 @@ def test_prefetch_encodes_the_slices_nearest_to_the_focus(model, phantom):
         layout = session.layout("axial")
         centre = ijk_to_display_index(focus, phantom.shape, layout)[0]
         key = embedding_key(session, "axial")
-        cached = sorted(z for z in range(phantom.shape[2]) if (key, z) in state.cache)
+        cached = sorted(z for z in range(phantom.shape[2]) if state.predictor.cache_key(key, z) in state.cache)
         assert cached == sorted(nearest_first(phantom.shape[2], centre, 3))
         assert c.get(f"/sessions/{session_id}").json()["cached_slices"]["axial"] == 3
         # A box on prefetched slices encodes nothing more.

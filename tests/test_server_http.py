@@ -493,3 +493,33 @@ def test_sigterm_during_a_segmentation_answers_503_and_exits_without_a_traceback
     assert time.monotonic() - sent < 30
     assert "Traceback" not in served.output and "CancelledError" not in served.output, served.output
     assert code in (143, -signal.SIGTERM), code  # ended by the signal (143: through medsam's own handler)
+
+
+def test_medsam_serve_with_sam_preprocessing_reports_it_and_answers_an_everything_job_over_http():
+    served = MedSAMServe("--preprocessing", "sam")
+    url = served.url
+    try:
+        status, health = http_request(url, "GET", "/health")
+        assert status == 200 and health["preprocessing"] == "sam" and health["variant"] == "tiny"
+        phantom = ct_phantom(shape=(24, 20, 4), spacing=(3.0, 3.0, 5.0)).volume
+        upload = {"volume": encode_array(phantom.array), "ijk_to_ras": phantom.affine.tolist(), "prefetch": False}
+        status, info = http_request(url, "POST", "/sessions", upload)
+        assert status == 201, info
+        path = f"/sessions/{info['session_id']}/everything"
+        status, job = http_request(url, "POST", path, {"ijk": [0, 0, 2], "points_per_side": 2, "pred_iou_thresh": 0.0})
+        assert status == 202 and job["total"] == 1, job
+        deadline = time.monotonic() + 60
+        while job["state"] not in ("done", "failed", "cancelled") and time.monotonic() < deadline:
+            time.sleep(0.1)
+            status, job = http_request(url, "GET", f"{path}/{job['job_id']}")
+        assert job["state"] == "done", job
+        result = job["result"]
+        assert result["labels"]["dtype"] == "uint16" and result["labels"]["shape"] == [24, 20, 1]
+        assert result["slice_range"] == [2, 2] and result["masks"] == len(result["records"])
+        status, error = http_request(url, "POST", path, {"ijk": [0, 0, 2], "crop_n_layers": 9})
+        assert status == 422 and "crop_n_layers" in error["detail"]
+        served.process.terminate()
+        served.wait(timeout=60)
+    finally:
+        served.stop()
+    assert "Traceback" not in served.output, served.output

@@ -230,8 +230,8 @@ def test_chunked_decoding_gives_the_same_array_at_any_chunk_size(monkeypatch):
     for compression in ("zlib", "none"):
         encoded = encode_array(array, compression=compression)
         for text, inflate in [(4, 1), (8, 7), (1024, 100), (1 << 22, 1 << 22)]:
-            monkeypatch.setattr("medsam_monai.server.codec.TEXT_CHUNK", text)
-            monkeypatch.setattr("medsam_monai.server.codec.INFLATE_CHUNK", inflate)
+            monkeypatch.setattr("medsam_monai.wire.TEXT_CHUNK", text)
+            monkeypatch.setattr("medsam_monai.wire.INFLATE_CHUNK", inflate)
             decoded = decode_array(encoded, 1 << 20)
             np.testing.assert_array_equal(decoded, array)
             assert not decoded.flags.writeable
@@ -251,7 +251,7 @@ STREAM = zlib.compress(bytes(128))
     ids=["junk", "second stream", "one zero byte", "empty second stream"],
 )
 def test_bytes_after_the_zlib_stream_are_refused(monkeypatch, text_chunk, raw):
-    monkeypatch.setattr("medsam_monai.server.codec.TEXT_CHUNK", text_chunk)
+    monkeypatch.setattr("medsam_monai.wire.TEXT_CHUNK", text_chunk)
     with pytest.raises(CodecError, match="after the end of its zlib stream"):
         decode_array(_with_data(raw), 1 << 20)
 
@@ -272,7 +272,7 @@ def test_bytes_after_the_zlib_stream_are_a_422_from_the_server(model):
     ],
 )
 def test_base64_is_checked_as_strictly_in_chunks_as_whole(monkeypatch, data, message):
-    monkeypatch.setattr("medsam_monai.server.codec.TEXT_CHUNK", 4)
+    monkeypatch.setattr("medsam_monai.wire.TEXT_CHUNK", 4)
     with pytest.raises(CodecError, match=message):
         decode_array({"dtype": "uint8", "shape": [2, 2, 2], "compression": "none", "data": data}, 1 << 20)
 

@@ -25,7 +25,7 @@ import vtk  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "slicer_extension" / "MedSAM"))
 
 import MedSAM  # noqa: E402
-from MedSAMLib import consent, geometry  # noqa: E402
+from MedSAMLib import consent, geometry, testing  # noqa: E402
 from MedSAMLib.client import MedSAMClientError  # noqa: E402
 from MedSAMLib.testing import ThresholdClient, stored_in_layout  # noqa: E402
 
@@ -64,11 +64,9 @@ def layout_of(array_ras: np.ndarray, layout):
 
 
 def to_ras_order(array_ijk: np.ndarray, layout) -> np.ndarray:
-    permutation, flips = layout
-    for axis, flip in enumerate(flips):
-        if flip:
-            array_ijk = np.flip(array_ijk, axis)
-    return array_ijk.transpose(np.argsort(permutation))
+    """An [i, j, k] array of the phantom stored in ``layout`` back in RAS order (MedSAMLib.testing's rule,
+    which takes Slicer's [k, j, i] arrays)."""
+    return testing.to_ras_order(array_ijk.transpose(2, 1, 0), layout)
 
 
 def add_volume(scene, array_ijk: np.ndarray, ijk_to_ras: np.ndarray, name="phantom"):

@@ -66,6 +66,21 @@ def test_the_export_is_a_repository_root_the_index_checks_accept(exported):
     module_cmake = (exported / "MedSAM" / "CMakeLists.txt").read_text().replace("${MODULE_NAME}", "MedSAM")
     for listed in module_cmake.split("set(MODULE_PYTHON_SCRIPTS")[1].split(")")[0].split():
         assert (exported / "MedSAM" / listed).is_file(), listed
+    # The wire format's source travels with the extension, and the exported library works alone.
+    assert (exported / "MedSAM" / "MedSAMLib" / "wire.py").read_bytes() == (
+        EXTENSION / "MedSAM" / "MedSAMLib" / "wire.py"
+    ).read_bytes()
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); "
+        "import numpy as np; from MedSAMLib import client; assert client.__file__.startswith(sys.argv[1]); "
+        "v = np.arange(24, dtype=np.int16).reshape(2, 3, 4); "
+        "assert (client.decode_array_kji(client.encode_volume(v)) == v).all(); "
+        "assert not [m for m in sys.modules if m.split('.')[0] in ('medsam_monai', 'torch')]; print('ok')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-B", "-c", code, str(exported / "MedSAM")], capture_output=True, text=True, timeout=60, cwd=exported
+    )
+    assert done.stdout.strip() == "ok", done.stderr
 
 
 def test_this_repository_as_it_is_would_be_rejected():

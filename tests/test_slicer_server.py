@@ -76,11 +76,6 @@ def phantom():
     return array, low, high
 
 
-def layout_of(array_ras: np.ndarray, layout):
-    """The array and IJK-to-RAS of the phantom stored in ``layout`` (RAS 0 at the volume centre)."""
-    return stored_in_layout(array_ras, layout, SPACING)
-
-
 @pytest.fixture
 def logic(server):
     store = consent.ConsentStore.in_memory()
@@ -95,7 +90,7 @@ def test_client_talks_to_the_server(server, logic, phantom):
     assert server_process.probe_health(server.url)["variant"] == "tiny"
     # The Logic's uploads are closed on the server when it forgets them (scene closed).
     array_ras, low, high = phantom
-    volume = add_volume(logic.scene, *layout_of(array_ras, LAYOUTS["ras"]))
+    volume = add_volume(logic.scene, *stored_in_layout(array_ras, LAYOUTS["ras"], SPACING))
     segmentation = logic.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
     request = logic.prepare(
         volume, segmentation, add_roi(logic.scene, low, high), VIEWS["axial"], MedSAM.ACTION_SLICE, server_url=server.url
@@ -128,7 +123,7 @@ def test_the_logic_writes_what_medsam_segment_writes_in_every_voxel_order(server
     client = logic.client_for(server.url)
     masks = {}
     for name in ("permuted", "lps", "ras"):
-        array, ijk_to_ras = layout_of(array_ras, LAYOUTS[name])
+        array, ijk_to_ras = stored_in_layout(array_ras, LAYOUTS[name], SPACING)
         volume = add_volume(scene, array, ijk_to_ras, name)
         segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
         request = logic.prepare(
@@ -195,7 +190,7 @@ def test_the_logic_writes_what_medsam_segment_writes_in_every_voxel_order(server
 def test_segment_slice_in_a_worker_thread_equals_the_3d_key_slice(server, logic, phantom):
     array_ras, low, high = phantom
     scene = logic.scene
-    array, ijk_to_ras = layout_of(array_ras, LAYOUTS["lps"])
+    array, ijk_to_ras = stored_in_layout(array_ras, LAYOUTS["lps"], SPACING)
     volume = add_volume(scene, array, ijk_to_ras)
     segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
     roi = add_roi(scene, low, high)
@@ -228,7 +223,7 @@ def test_segment_slice_in_a_worker_thread_equals_the_3d_key_slice(server, logic,
 def test_cancelling_leaves_the_segment_as_it_was(server, logic, phantom):
     array_ras, low, high = phantom
     scene = logic.scene
-    volume = add_volume(scene, *layout_of(array_ras, LAYOUTS["ras"]))
+    volume = add_volume(scene, *stored_in_layout(array_ras, LAYOUTS["ras"], SPACING))
     segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
     segment = segmentation.GetSegmentation().AddEmptySegment("", "mine")
     painted = np.zeros(slicer.util.arrayFromVolume(volume).shape, np.uint8)

@@ -69,9 +69,9 @@ class BoundSignal:
 class Widget:
     """A stand-in for any Qt widget: properties as attributes, signals as lists of slots.
 
-    As Qt's, setting ``text`` (QLineEdit), ``value`` (spin boxes) or ``currentPath`` (ctkPathLineEdit) to a new
-    value emits the widget's change signal; ``property(name)`` returns the .ui file's dynamic properties
-    (SlicerParameterName), ``className()`` the Qt class, as PythonQt's widgets do.
+    As Qt's, setting ``text`` (QLineEdit), ``value`` (spin boxes), ``checked`` (QCheckBox) or ``currentPath``
+    (ctkPathLineEdit) to a new value emits the widget's change signal; ``property(name)`` returns the .ui file's
+    dynamic properties (SlicerParameterName), ``className()`` the Qt class, as PythonQt's widgets do.
     """
 
     def __init__(self, name, cls, dynamic_properties=None):
@@ -81,7 +81,7 @@ class Widget:
         self.enabled = True
         self.visible = True
         self.toolTip = ""
-        self._text, self._value, self._path = "", 0.0, ""
+        self._text, self._value, self._path, self._checked = "", 0.0, "", False
 
     def className(self):
         return self.cls
@@ -126,6 +126,16 @@ class Widget:
         changed, self._value = value != self._value, value
         if changed:
             self.emit("valueChanged(int)" if self.cls == "QSpinBox" else "valueChanged(double)", value)
+
+    @property
+    def checked(self):
+        return self._checked
+
+    @checked.setter
+    def checked(self, checked):
+        changed, self._checked = checked != self._checked, bool(checked)
+        if changed:
+            self.emit("toggled(bool)", self._checked)
 
     @property
     def currentPath(self):

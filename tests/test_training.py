@@ -13,13 +13,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
 
 from medsam_monai.checkpoints import build_sam, load_state_dict
 from medsam_monai.cli import main as medsam_main
-from medsam_monai.io import write_label_volume, write_volume
+from medsam_monai.io import read_volume, write_label_volume, write_volume
 from medsam_monai.networks import build_sam_variant
 from medsam_monai.orientation import display_layout, to_display
 from medsam_monai.phantom import label_box, random_ct_phantom
@@ -32,10 +33,17 @@ from medsam_monai.training import (
     RandBoxPromptd,
     foreground_slices,
     latest_checkpoint,
-    load_cases,
+    load_training_splits,
 )
 from medsam_monai.training.demo_model import write_phantom_dataset
-from medsam_monai.transforms import prepare_slice, scale_box_to_model
+from medsam_monai.transforms import (
+    BoxesFromLabeld,
+    case_name,
+    display_volumes,
+    prepare_slice,
+    scale_box_to_model,
+    volume_to_metatensor,
+)
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "medsam_vit_b"
 TRAIN_JSON = BUNDLE / "configs" / "train.json"
@@ -54,7 +62,7 @@ def dataset(tmp_path_factory) -> Path:
 
 
 def _slice_item(datalist: Path) -> dict:
-    cases = load_cases(datalist)
+    cases = load_training_splits(datalist)
     return foreground_slices(cases["training"])[0]
 
 
@@ -110,7 +118,7 @@ def test_cases_from_datalist_and_folder_layouts(tmp_path):
         for n in range(5):
             write_volume(root / "imagesTr" / image_name.format(n), phantom.volume.array, phantom.volume.affine)
             write_label_volume(root / "labelsTr" / f"case{n}.nii.gz", phantom.labels, phantom.volume.affine)
-        cases = load_cases(root, val_fraction=0.2, seed=0)
+        cases = load_training_splits(root, val_fraction=0.2, seed=0)
         assert len(cases["training"]) == 4 and len(cases["validation"]) == 1
         for case in cases["training"] + cases["validation"]:
             assert Path(case["label"]).name == Path(case["image"]).name.replace("_0000", "")
@@ -122,10 +130,45 @@ def test_cases_from_datalist_and_folder_layouts(tmp_path):
             }
         )
     )
-    cases = load_cases(tmp_path / "msd" / "list.json")
+    cases = load_training_splits(tmp_path / "msd" / "list.json")
     assert [Path(c["image"]).name for c in cases["validation"]] == ["case1.nii.gz"]
     with pytest.raises(FileNotFoundError, match="imagesTr"):
-        load_cases(tmp_path)
+        load_training_splits(tmp_path)
+
+
+def test_a_folder_pairs_and_names_cases_with_the_image_suffixes_evaluation_uses(tmp_path):
+    """One suffix list: a ``.mgh`` label (an image suffix of the library) pairs with its image, and the
+    slice items name each case as the bundle names its output (``case_name``)."""
+    phantom = random_ct_phantom(5, shape=(16, 16, 4), spacing=(2.0, 2.0, 4.0))
+    root = tmp_path / "folder"
+    write_volume(root / "imagesTr" / "Liver_7.NII.GZ", phantom.volume.array, phantom.volume.affine)
+    (root / "labelsTr").mkdir(parents=True)
+    nib.save(nib.MGHImage(phantom.labels.astype(np.int32), phantom.volume.affine), str(root / "labelsTr" / "Liver_7.mgh"))
+    (root / "labelsTr" / "notes.txt").write_text("not an image")
+    cases = load_training_splits(root, val_fraction=0.0)
+    assert [(Path(c["image"]).name, Path(c["label"]).name) for c in cases["training"]] == [("Liver_7.NII.GZ", "Liver_7.mgh")]
+    items = foreground_slices(cases["training"])
+    assert items and {item["case"] for item in items} == {case_name(cases["training"][0]["image"])} == {"Liver_7"}
+
+
+@pytest.mark.parametrize("shift_mm", [0.5, 0.005])
+def test_a_label_on_another_grid_fails_training_as_it_fails_evaluation(tmp_path, shift_mm):
+    """One grid rule: training refuses a label its image's grid does not hold, as evaluation does
+    (it used to warn beyond 0.01 mm and take the image's affine; 0.005 mm passed unnoticed)."""
+    phantom = random_ct_phantom(5, shape=(16, 16, 4), spacing=(2.0, 2.0, 4.0))
+    shifted = phantom.volume.affine.copy()
+    shifted[0, 3] += shift_mm
+    image = write_volume(tmp_path / f"ct_{shift_mm}.nii.gz", phantom.volume.array, phantom.volume.affine)
+    label = write_label_volume(tmp_path / f"label_{shift_mm}.nii.gz", phantom.labels, shifted)
+    with pytest.raises(ValueError, match="another grid") as training:
+        display_volumes(str(image), str(label))
+    as_loaded = {key: volume_to_metatensor(read_volume(path)) for key, path in (("image", image), ("label", label))}
+    with pytest.raises(ValueError, match="another grid") as evaluation:
+        BoxesFromLabeld(keys="label")(as_loaded)
+    assert str(training.value) == str(evaluation.value) and "\n" not in str(training.value)
+    assert str(label) in str(training.value)
+    same = write_label_volume(tmp_path / f"same_{shift_mm}.nii.gz", phantom.labels, phantom.volume.affine)
+    assert np.array_equal(np.unique(display_volumes(str(image), str(same))[1]), np.unique(phantom.labels))  # on the grid: read
 
 
 def test_prepare_batch_pairs_each_box_with_its_mask():

@@ -14,7 +14,9 @@ the same labels voxel for voxel for the same input and options. One role per mod
 - :mod:`.inferer`: :class:`BoxPropagationInferer`, MedSAM's 3D propagation on a volume;
 - :mod:`.runner`: :class:`CaseEvaluator`, the bundle's ``evaluator`` (a MONAI ``Evaluator``, one
   case per iteration, a failed case logged and the others run; :class:`CasesFailed` at the end);
-- :mod:`.metrics`: :class:`SegmentationScorer` (Dice and NSD per case and label, their means, tables).
+- :mod:`.metrics`: :class:`SegmentationScorer` (Dice and NSD per case and label, their means, tables);
+- :mod:`.everything`: ``configs/everything.json``, SAM's automatic masks of one plane per case
+  (:class:`AutomaticMaskInferer`, :class:`EverythingEvaluator`, :class:`SaveAutomaticMasksd`).
 
 The prompts and the other transforms the configs name (``LoadVolumed``, ``PromptBoxesd``,
 ``BoxesFromLabeld``, ``SaveLabelVolumed``) live in :mod:`medsam_monai.transforms`, below this
@@ -35,17 +37,21 @@ from ..transforms import (
     case_name,
 )
 from .cases import CaseDataset, load_cases, read_datalist
+from .everything import AutomaticMaskInferer, EverythingEvaluator, SaveAutomaticMasksd, check_automatic_settings
 from .inferer import BoxPropagationInferer
-from .metrics import SegmentationScorer, surface_scores
+from .metrics import MultimaskReport, SegmentationScorer, surface_scores
 from .runner import USER_ERRORS, CaseEvaluator, CasesFailed
 from .settings import (
     BundleExit,
     check_evaluation_settings,
+    check_preprocessing_mode,
     check_settings,
+    check_transform_chain,
     default_checkpoint,
     load_weights,
     require_checkpoint,
     resolve_checkpoint,
+    resolve_preprocessing,
     resolve_run_device,
     resolve_variant,
 )
@@ -55,6 +61,7 @@ __all__ = [
     "CASE_INDEX_KEY",
     "NAMES_KEY",
     "USER_ERRORS",
+    "AutomaticMaskInferer",
     "BoxPropagationInferer",
     "BoxesFromLabel",
     "BoxesFromLabeld",
@@ -62,21 +69,28 @@ __all__ = [
     "CaseDataset",
     "CaseEvaluator",
     "CasesFailed",
+    "EverythingEvaluator",
     "LoadVolume",
     "LoadVolumed",
+    "MultimaskReport",
     "PromptBoxesd",
+    "SaveAutomaticMasksd",
     "SaveLabelVolumed",
     "SegmentationScorer",
     "boxes_from_prompts",
     "case_name",
+    "check_automatic_settings",
     "check_evaluation_settings",
+    "check_preprocessing_mode",
     "check_settings",
+    "check_transform_chain",
     "default_checkpoint",
     "load_cases",
     "load_weights",
     "read_datalist",
     "require_checkpoint",
     "resolve_checkpoint",
+    "resolve_preprocessing",
     "resolve_run_device",
     "resolve_variant",
     "surface_scores",

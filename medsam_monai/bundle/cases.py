@@ -1,8 +1,10 @@
 """A bundle run's cases: one from ``--input_dict`` or many from a datalist, and the dataset over them.
 
 A case is a dict: ``image`` (a file or DICOM folder), optional ``series_uid`` (which DICOM series of
-that folder), its prompts (``box``, ``box_ras``, ``boxes``: see
-:func:`medsam_monai.transforms.boxes_from_prompts`) and, to evaluate, ``label``.
+that folder), its prompts (``box``, ``box_ras``, ``boxes``, ``points``, ``negative_points``,
+``points_ras``, ``negative_points_ras``, ``mask_prompt`` with ``label_value``, ``multimask``: see
+:mod:`medsam_monai.transforms.prompts`) and, to evaluate, ``label``; for ``everything.json``, a 2D
+image or a volume with its ``slice`` and ``axis`` (:mod:`medsam_monai.transforms.planes`).
 """
 
 from __future__ import annotations
@@ -10,19 +12,19 @@ from __future__ import annotations
 import ast
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from monai.data import Dataset
 
 from ..transforms import CASE_INDEX_KEY, case_name
-from .settings import BundleExit
+from .settings import BundleExit, check_transform_chain
 
 __all__ = ["CaseDataset", "case_name", "image_of", "load_cases", "name_or_none", "read_datalist"]
 
 #: Keys of a case that hold paths, resolved against the datalist's folder (or ``dataset_dir``).
-PATH_KEYS = ("image", "label")
+PATH_KEYS = ("image", "label", "mask_prompt")
 
 
 def load_cases(
@@ -127,10 +129,16 @@ def name_or_none(entry: Any) -> str | None:
 class CaseDataset(Dataset):
     """The run's cases as a MONAI ``Dataset``: item ``n`` is case ``n`` through ``transform`` (the preprocessing).
 
-    Each item also gets its position (``case_index``), which seeds evaluation's box jitter, so a
+    A ``transform`` that is not callable (``--preprocessing sam`` puts a word in place of the
+    transform chain) ends the run in one line (:func:`~.settings.check_transform_chain`). Each item
+    also gets its position (``case_index``), which seeds evaluation's box jitter, so a
     case's boxes do not depend on the cases before it. An entry that is not a dict with an image is
     a one-line ValueError when its item is read, so only that case fails.
     """
+
+    def __init__(self, data: Sequence[Any], transform: Any = None) -> None:
+        check_transform_chain(transform)
+        super().__init__(data, transform)
 
     def _transform(self, index: int) -> Any:  # MONAI's hook for one item, overridden
         entry = self.data[index]

@@ -1,4 +1,5 @@
-"""Evaluation: Dice and NSD per case and label with MONAI's metrics, their means, saved as tables.
+"""Evaluation: Dice and NSD per case and label with MONAI's metrics, their means, saved as tables;
+and the multimask IoUs of any run (:class:`MultimaskReport`, ``multimask_iou.csv``).
 
 ``metrics.csv`` (this bundle's table: one row per case and label, ``mean`` rows last) and, beside
 it, the reports MONAI's ``MetricsSaver`` writes for Model Zoo bundles (``monai.handlers.utils.
@@ -165,3 +166,51 @@ class SegmentationScorer:
             return written
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+
+class MultimaskReport:
+    """The predicted IoUs of SAM's three candidates, per case, object and slice, of the cases run with multimask.
+
+    ``multimask_iou.csv`` (``csv_path``): columns case, image, label, axis, voxel_axis, slice (the
+    file's own voxel index along ``axis``), key (1 on the object's key slice, where its prompt starts),
+    iou_1, iou_2, iou_3 and kept (the candidate written: the highest IoU). Written atomically once
+    the run ends, only when some case used multimask; the key slice's IoUs are also logged per case.
+    """
+
+    COLUMNS = ("case", "image", "label", "axis", "voxel_axis", "slice", "key", "iou_1", "iou_2", "iou_3", "kept")
+
+    def __init__(self, csv_path: str | os.PathLike[str]) -> None:
+        self.csv_path = Path(csv_path)
+        self.rows: list[dict[str, Any]] = []
+
+    def reset(self) -> None:
+        """Forget the rows kept (a new run starts)."""
+        self.rows = []
+
+    def __call__(self, name: str, image: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Keep one case's rows (those of :func:`medsam_monai.bundle.inferer.iou_rows_of`) and log its key slices."""
+        for row in rows:
+            self.rows.append({"case": name, "image": image, **row})
+            if row["key"]:
+                ious = " ".join(f"{v:.2f}" for v in row["iou"])
+                logger.info(
+                    f"case {name}: object {row['label']}: IoU {ious} (kept mask {row['kept']}) on its key slice "
+                    f"{row['voxel_axis']} = {row['slice']}"
+                )
+
+    def report(self) -> Path | None:
+        """Write the table (atomically); None when no case used multimask."""
+        if not self.rows:
+            return None
+        self.csv_path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.csv_path.with_name(f".{self.csv_path.name}.tmp")
+        with open(temporary, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=self.COLUMNS)
+            writer.writeheader()
+            for row in self.rows:
+                ious = {f"iou_{m}": f"{v:.6f}" for m, v in enumerate(row["iou"], start=1)}
+                fields = {k: row[k] for k in self.COLUMNS if k in row and not k.startswith("iou_")}
+                writer.writerow({**fields, "key": int(row["key"]), **ious})
+        os.replace(temporary, self.csv_path)
+        logger.info(f"multimask IoUs of {len({r['case'] for r in self.rows})} case(s) in {self.csv_path}")
+        return self.csv_path

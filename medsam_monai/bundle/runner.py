@@ -25,10 +25,11 @@ from monai.inferers import Inferer
 from monai.utils import convert_to_numpy
 
 from ..download import DownloadError
+from ..errors import one_line
 from ..predictor import MedSAMPredictor
-from ..transforms import BOXES_KEY, CASE_INDEX_KEY
+from ..transforms import BOXES_KEY, CASE_INDEX_KEY, PROMPTS_KEY
 from .cases import CaseDataset, case_name, image_of, name_or_none
-from .metrics import SegmentationScorer
+from .metrics import MultimaskReport, SegmentationScorer
 from .settings import BundleExit
 
 logger = logging.getLogger(__name__)
@@ -59,11 +60,6 @@ def root_cause(error: BaseException) -> BaseException:
     while error.__cause__ is not None:
         error = error.__cause__
     return error
-
-
-def one_line(text: object) -> str:
-    """``text`` with its whitespace runs (newlines included) as single spaces."""
-    return " ".join(str(text).split())
 
 
 def case_tag(index: int, count: int, entry: Any) -> str:
@@ -113,11 +109,13 @@ class CaseEvaluator(Evaluator):
         device: the run's device (the predictor holds the network on it).
         dataset: the cases through the preprocessing (:class:`~medsam_monai.bundle.cases.CaseDataset`).
         predictor: the network, wrapped for inference.
-        inferer: ``inferer(image, predictor, boxes)`` -> labels (:class:`~medsam_monai.bundle.inferer.BoxPropagationInferer`).
+        inferer: ``inferer(image, predictor, boxes, prompts=..., iou_rows=[])`` -> labels
+            (:class:`~medsam_monai.bundle.inferer.BoxPropagationInferer`).
         postprocessing: applied to each case's data (``pred`` added) inside its iteration, so that a
             failed write fails that case only.
         scorer: scores each case and writes the tables at the end (evaluation); its means go to
             ``state.metrics`` as ``mean_dice`` and ``mean_nsd``.
+        iou_report: keeps the multimask IoUs of each case and writes them at the end.
 
     After :meth:`run`, ``finished`` lists each finished case's name, image and output file, and
     ``failed`` the names of the cases that failed.
@@ -135,6 +133,7 @@ class CaseEvaluator(Evaluator):
         key_val_metric: dict[str, Any] | None = None,
         additional_metrics: dict[str, Any] | None = None,
         boxes_key: str = BOXES_KEY,
+        iou_report: MultimaskReport | None = None,
     ) -> None:
         self.dataset = dataset
         super().__init__(
@@ -151,6 +150,7 @@ class CaseEvaluator(Evaluator):
         self.case_postprocessing = postprocessing
         self.scorer = scorer
         self.boxes_key = boxes_key
+        self.iou_report = iou_report
         self.finished: list[dict[str, Any]] = []
         self.failed: list[str] = []
         self.owners: dict[str, int] = {}
@@ -165,8 +165,10 @@ class CaseEvaluator(Evaluator):
         return self.finished
 
     def start_cases(self, engine: Evaluator) -> None:
-        """A run starts with no case finished, failed or owning an output name."""
+        """A run starts with no case finished, failed or owning an output name, and no IoUs kept."""
         self.finished, self.failed, self.owners = [], [], {}
+        if self.iou_report is not None:
+            self.iou_report.reset()
 
     def _iteration(self, engine: Evaluator, index: int) -> dict[Hashable, Any]:  # ignite's per-batch hook
         cases = self.dataset.data
@@ -178,7 +180,7 @@ class CaseEvaluator(Evaluator):
             report_failure(tag, error)
             self.failed.append(failed_name(index, entry, cases))
             return {CASE_INDEX_KEY: index, "error": one_line(root_cause(error))}
-        logger.info(f"{tag}: {labels_summary(data)}")
+        logger.info(f"{tag}: {self.case_summary(data)}")
         # Keep names only: holding every case's volumes would grow with the datalist.
         self.finished.append({"case": case_name(image_of(entry)), "image": image_of(entry), "output": data.get("pred_file")})
         return data
@@ -186,24 +188,39 @@ class CaseEvaluator(Evaluator):
     def run_case(self, index: int, entry: Any) -> dict[Hashable, Any]:
         """Prepare, segment, write and score one case; its data with ``pred`` (and ``pred_file``)."""
         name = case_name(image_of(entry))
+        self.claim_output_name(name, index)
+        data = self.dataset[index]
+        rows: list[dict[str, Any]] = []
+        data["pred"] = self.inferer(
+            data["image"], self.predictor, data[self.boxes_key], prompts=data.get(PROMPTS_KEY), iou_rows=rows
+        )
+        if self.case_postprocessing is not None:
+            data = self.case_postprocessing(data)
+        if self.scorer is not None:
+            self.scorer(data, name)
+        if rows and self.iou_report is not None:  # after the write: a failed case reports nothing
+            self.iou_report(name, image_of(entry), rows)
+        return data
+
+    def claim_output_name(self, name: str, index: int) -> None:
+        """Case ``index`` writes under ``name``; a one-line ValueError when an earlier case of the run did."""
         if name in self.owners:
             raise ValueError(
                 f"its output name {name!r} is already used by case {self.owners[name] + 1}; give the images distinct names"
             )
         self.owners[name] = index
-        data = self.dataset[index]
-        data["pred"] = self.inferer(data["image"], self.predictor, data[self.boxes_key])
-        if self.case_postprocessing is not None:
-            data = self.case_postprocessing(data)
-        if self.scorer is not None:
-            self.scorer(data, name)
-        return data
+
+    def case_summary(self, data: Mapping[Hashable, Any]) -> str:
+        """The log line's text for a finished case (what was written)."""
+        return labels_summary(data)
 
     def summarise(self, engine: Evaluator) -> None:
-        """After the last case: the scorer's tables and means, and one line of how many cases ran."""
+        """After the last case: the scorer's tables and means, the multimask IoUs, and one line of how many cases ran."""
         total = len(self.dataset)
         if self.scorer is not None and self.finished:
             self.scorer.report()
             self.state.metrics.update(self.scorer.means())
+        if self.iou_report is not None:
+            self.iou_report.report()
         failed = total - len(self.finished)
         logger.info(f"{len(self.finished)} of {total} case(s) done" + (f", {failed} failed" if failed else ""))

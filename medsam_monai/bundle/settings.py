@@ -16,12 +16,13 @@ import torch
 from ..checkpoints import CheckpointError, detect_variant, load_checkpoint_into, load_state_dict
 from ..devices import describe_device, resolve_device
 from ..download import KNOWN_WEIGHTS, default_cache_dir
+from ..errors import one_line
 from ..io import check_output_type
-from ..models import MODEL_VARIANTS, TINY_DEMO_NOTE, packaged_checkpoint
+from ..models import MODEL_VARIANTS, TINY_DEMO_NOTE, default_preprocessing, packaged_checkpoint
 from ..networks import SAM_VARIANTS, Sam
 from ..orientation import parse_axis
 from ..precision import check_precision
-from ..transforms import BoxesFromLabel, IntensityForModality
+from ..transforms import PREPROCESSING_MODES, BoxesFromLabel, IntensityForModality, check_preprocessing
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ class BundleExit(SystemExit):
     """
 
     def __init__(self, message: str) -> None:
-        super().__init__(f"medsam bundle: error: {message}")
+        super().__init__(f"medsam bundle: error: {one_line(message)}")
 
 
 def check_settings(
@@ -49,11 +50,15 @@ def check_settings(
     device: str | torch.device = "auto",
     axis: str = "axial",
     output_ext: str = ".nii.gz",
+    preprocessing_mode: str | None = None,
+    multimask: Any = False,
 ) -> None:
     """Fail in one line on settings a run cannot use, before the network is built or loaded.
 
     ``ckpt_path`` is the resolved checkpoint (:func:`resolve_checkpoint`); ``device`` the setting as
-    given (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``), checked with :func:`resolve_device`.
+    given (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``), checked with :func:`resolve_device`;
+    ``preprocessing_mode`` the image pipeline (``medsam``, ``sam``, or None: the checkpoint's);
+    ``multimask`` the run's default for SAM's three candidates (true or false).
     """
     try:
         if variant != "auto" and variant not in SAM_VARIANTS:
@@ -62,14 +67,59 @@ def check_settings(
         check_precision(precision)
         parse_axis(axis)
         check_output_type(f"case{output_ext if output_ext.startswith('.') else '.' + output_ext}")
+        check_preprocessing_mode(preprocessing_mode)
+        if not isinstance(multimask, bool):
+            raise ValueError(f"multimask must be true or false, got {multimask!r}")
         resolve_device(device)  # the device chosen is logged where the run resolves it (resolve_run_device)
     except ValueError as err:
         raise BundleExit(str(err)) from None
     require_checkpoint(ckpt_path, bundle_root)
     logger.info(
         f"{len(cases)} case(s); variant {variant}, checkpoint {ckpt_path}, precision {precision}, "
-        f"modality {modality}, window {window}, axis {axis}"
+        f"modality {modality}, window {window}, axis {axis}" + (", multimask" if multimask else "")
     )
+
+
+def check_preprocessing_mode(mode: str | None) -> str | None:
+    """``mode`` when it is None (follow the checkpoint), empty (the same) or one of ``medsam``, ``sam``; else a ValueError."""
+    if mode is None or mode == "":
+        return None
+    if not isinstance(mode, str):
+        raise ValueError(f"preprocessing_mode must be one of {', '.join(PREPROCESSING_MODES)} or null, got {mode!r}")
+    return check_preprocessing(mode)
+
+
+def check_transform_chain(transforms: Any) -> None:
+    """A config's ``preprocessing`` must stay a transform chain: ``--preprocessing sam`` replaces it with a word.
+
+    MONAI's bundle contract names the transforms ``preprocessing``; the image pipeline that the
+    ``medsam`` command calls ``--preprocessing`` is ``preprocessing_mode`` here. The dataset checks
+    its transform with this when it is built (before any case).
+    """
+    if transforms is None or callable(transforms):
+        return
+    hint = ""
+    if isinstance(transforms, str) and transforms in PREPROCESSING_MODES:
+        hint = f"; for the image pipeline give --preprocessing_mode {transforms}"
+    raise BundleExit(f"the config's 'preprocessing' is its transform chain (MONAI's bundle property), got {transforms!r}{hint}")
+
+
+def resolve_preprocessing(mode: str | None, variant: str, ckpt_path: str | os.PathLike[str]) -> str:
+    """The image pipeline of the run: ``mode`` when given, else the one the checkpoint was trained with.
+
+    ``variant`` is the resolved variant (not ``auto``); the choice follows
+    :func:`medsam_monai.models.default_preprocessing` (a safetensors file's metadata, SAM's
+    registered file names, else ``sam`` for ``vit_l``/``vit_h`` and ``medsam`` for ``vit_b``/``tiny``),
+    as ``medsam segment`` without ``--preprocessing`` chooses. The choice is logged.
+    """
+    try:
+        given = check_preprocessing_mode(mode)
+        chosen = default_preprocessing(variant, ckpt_path) if given is None else given
+    except ValueError as err:
+        raise BundleExit(str(err)) from None
+    source = "preprocessing_mode setting" if given is not None else f"follows the {variant} checkpoint"
+    logger.info(f"image preprocessing {chosen} ({source})")
+    return chosen
 
 
 def check_evaluation_settings(

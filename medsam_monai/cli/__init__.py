@@ -16,7 +16,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 from .. import __version__
-from . import demo, download, inspect_checkpoint, segment, serve
+from ..errors import one_line
+from . import demo, download, everything, inspect_checkpoint, segment, serve
 from .errors import EXIT_SIGINT, EXIT_SIGTERM, EXIT_USAGE, Terminated, UserError
 from .parsing import MedSAMArgumentParser
 
@@ -28,14 +29,15 @@ fine-tuning is not a medsam command: it is the MONAI bundle's train config. From
 (several GPUs: torchrun with configs/multi_gpu_train.json on top; see bundles/medsam_vit_b/docs/README.md)"""
 
 # The subcommands in the order ``medsam --help`` lists them; each module registers itself.
-COMMANDS = (download, inspect_checkpoint, segment, demo, serve)
+COMMANDS = (download, inspect_checkpoint, segment, everything, demo, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = MedSAMArgumentParser(
         prog="medsam",
-        description="MedSAM for CT/MR volumes: segment structures from a box (medsam segment), try it\n"
-        "offline (medsam demo), serve the model to the 3D Slicer extension (medsam serve).",
+        description="MedSAM for CT/MR volumes: segment structures from a box (medsam segment), find\n"
+        "everything automatically (medsam everything), try it offline (medsam demo), serve the model\n"
+        "to the 3D Slicer extension (medsam serve).",
         epilog=FINE_TUNING_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -65,14 +67,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         except Exception as err:  # noqa: BLE001 - every user-facing failure ends as one line
             if not _is_user_error(err):
                 raise
-            print(f"medsam: error: {err}", file=sys.stderr)
+            print(f"medsam: error: {one_line(err)}", file=sys.stderr)
             return EXIT_USAGE
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Python warnings from the libraries as one ``medsam: warning:`` line, not two with source."""
-    text = " ".join(str(message).split())
-    print(f"medsam: warning: {text}", file=sys.stderr if file is None else file)
+    print(f"medsam: warning: {one_line(message)}", file=sys.stderr if file is None else file)
 
 
 def _run(argv: Sequence[str] | None) -> int:

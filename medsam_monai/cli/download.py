@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .progress import download_progress
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``download`` on the ``medsam`` command's subparsers."""
@@ -28,7 +30,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..download import KNOWN_WEIGHTS, fetch_weights, terminal_progress
+    from ..download import KNOWN_WEIGHTS, fetch_weights
 
     if args.list:
         for name, source in KNOWN_WEIGHTS.items():
@@ -36,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     max_bytes = None if args.max_mb is None else int(args.max_mb * 2**20)
     path = fetch_weights(
-        args.name, cache_dir=args.cache_dir, sha256=args.sha256, progress=terminal_progress(), max_bytes=max_bytes
+        args.name, cache_dir=args.cache_dir, sha256=args.sha256, progress=download_progress(), max_bytes=max_bytes
     )
     print(path)
     return 0

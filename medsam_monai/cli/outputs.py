@@ -52,3 +52,35 @@ def staged_preview(
         segment_names,
     )
     return staged_picture(path, picture)
+
+
+def shown_prompts(prompts) -> list:
+    """The prompts of :func:`medsam_monai.segment.build_prompts` as a preview shows them
+    (:class:`~medsam_monai.preview.ShownPrompt`): a boxed object on its key slice with its box and that
+    slice's points, an object of points alone on each of its slices."""
+    from ..preview import ShownPrompt
+    from ..segment import PointsOnlyPrompt
+
+    shown = []
+    for prompt in prompts:
+        if isinstance(prompt, PointsOnlyPrompt):
+            slices = sorted(prompt.points)
+            box = None
+        else:
+            slices = [prompt.key_slice]
+            x0, y0, _, x1, y1, _ = prompt.box
+            box = (x0, y0, x1, y1)
+        for z in slices:
+            coords, flags = prompt.points.get(z, ((), ()))
+            points = tuple((float(x), float(y), bool(flag)) for (x, y), flag in zip(coords, flags))
+            shown.append(ShownPrompt(prompt.label, z, box, points))
+    return shown
+
+
+def staged_prompt_preview(path: Path | None, picture) -> AbstractContextManager:
+    """:func:`medsam_monai.preview.staged_preview` of a picture already drawn; nothing at all without a path."""
+    from contextlib import nullcontext
+
+    from ..preview import staged_preview as staged_picture
+
+    return nullcontext() if path is None else staged_picture(path, picture)

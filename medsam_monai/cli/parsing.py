@@ -1,9 +1,11 @@
 """What every ``medsam`` subcommand parses alike: negative numbers as values, one-line usage errors,
-device names, number lists and the model options (--checkpoint, --variant, --device, --precision)."""
+device names, number lists and the model options (--checkpoint, --variant, --device, --precision,
+--preprocessing)."""
 
 from __future__ import annotations
 
 import argparse
+import math
 import re
 
 from ..devices import DEVICE_HELP, check_device_name
@@ -53,6 +55,49 @@ def six_numbers(text: str, what: str) -> tuple[float, ...]:
     return values
 
 
+def comma_numbers(text: str, what: str, count: int, form: str = "") -> tuple[float, ...]:
+    """``"X,Y"``, ``"I,J,K"``, ... as ``count`` floats, or a UserError naming the option ``what`` and the
+    ``form`` expected (``"X0,Y0,X1,Y1 (pixel columns and rows)"``, say)."""
+    expected = f"{what} {text!r} must be {count} comma-separated numbers" + (f" {form}" if form else "")
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise UserError(expected) from None
+    if len(values) != count:
+        raise UserError(f"{expected}, got {len(values)}")
+    return values
+
+
+def positive_int(text: str) -> int:
+    """argparse type of a label value: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a label value (1 or more)")
+    return value
+
+
+def whole_number(text: str) -> int:
+    """argparse type of a count or index: a whole number (its range is the command's check)."""
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+
+
+def finite_number(text: str) -> float:
+    """argparse type of a threshold or size: a finite number (its range is the command's check)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
 def add_device_options(parser: argparse.ArgumentParser) -> None:
     """--device and --precision, which every command that runs a model takes."""
     parser.add_argument("--device", default="auto", type=device_name, help=DEVICE_HELP)
@@ -69,3 +114,18 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--variant", default="vit_b", choices=list(MODEL_VARIANTS), help="network (default vit_b = MedSAM)")
     add_device_options(parser)
+
+
+# medsam_monai.transforms.PREPROCESSING_MODES, spelt out: importing it would import torch (a test checks they agree).
+PREPROCESSING_CHOICES = ("medsam", "sam")
+
+
+def add_preprocessing_option(parser: argparse.ArgumentParser) -> None:
+    """--preprocessing: the image pipeline the weights were trained with (default: follow the checkpoint)."""
+    parser.add_argument(
+        "--preprocessing",
+        default=None,
+        choices=list(PREPROCESSING_CHOICES),
+        help="image pipeline: medsam (stretch to 1024, [0, 1]) or sam (longest side 1024, mean/std, padding); "
+        "default: the checkpoint's (sam for SAM's weights and vit_l/vit_h, medsam for MedSAM and tiny)",
+    )

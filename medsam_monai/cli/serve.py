@@ -11,7 +11,7 @@ import sys
 from ..server.settings import DEFAULT_PORT, LOOPBACK_HOST_NAMES, MB, TOKEN_ENVIRONMENT_VARIABLE, ServerSettings
 from .errors import UserError
 from .model import load_predictor, resolve_device_option
-from .parsing import add_model_options
+from .parsing import add_model_options, add_preprocessing_option
 
 
 class ServeError(UserError):
@@ -28,6 +28,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "The protocol is at http://HOST:PORT/docs.",
     )
     add_model_options(serve)
+    add_preprocessing_option(serve)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this computer only)")
     serve.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT}; 0: any free one)")
     serve.add_argument(
@@ -174,7 +175,8 @@ def run(args: argparse.Namespace) -> int:
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     print(
-        f"medsam serve: {settings.variant} on {predictor.device} ({predictor.precision}), listening on "
+        f"medsam serve: {settings.variant} on {predictor.device} ({predictor.precision}, {predictor.preprocessing} "
+        f"preprocessing), listening on "
         f"http://{shown}:{port} ({'token required' if token else 'no token: this computer only'})",
         file=sys.stderr,
         flush=True,

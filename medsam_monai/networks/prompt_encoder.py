@@ -39,10 +39,10 @@ class PositionEmbeddingRandom(nn.Module):
 
     def forward_with_coords(self, coords_input: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
         """(B, N, 2) pixel coordinates (x, y) in an image of ``image_size`` (H, W) -> (B, N, C)."""
-        coords = coords_input.clone().float()
+        coords = coords_input.clone()  # divided in the input's dtype, then float32, as SAM does
         coords[:, :, 0] = coords[:, :, 0] / image_size[1]
         coords[:, :, 1] = coords[:, :, 1] / image_size[0]
-        return self._pe_encoding(coords)
+        return self._pe_encoding(coords.to(self.positional_encoding_gaussian_matrix.dtype))
 
 
 class PromptEncoder(nn.Module):

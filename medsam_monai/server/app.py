@@ -11,7 +11,7 @@ from ..predictor import MedSAMPredictor
 from .errors import install_error_handlers
 from .guard import RequestGuard
 from .models import CreateSession
-from .routers import health, sessions
+from .routers import everything, health, sessions
 from .settings import ServerSettings
 from .state import ServerState
 
@@ -47,6 +47,7 @@ def create_app(predictor: MedSAMPredictor, settings: ServerSettings | None = Non
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(sessions.router)
+    app.include_router(everything.router)
     app.add_middleware(RequestGuard, settings=settings, shutting_down=state.shutting_down)
     _document_upload_body(app)
     return app

@@ -15,6 +15,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..errors import one_line
+
 log = logging.getLogger("medsam_monai.server")
 
 
@@ -30,7 +32,8 @@ class ApiError(Exception):
 
 
 def error_response(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"detail": detail, "code": code}, status_code=status, headers=headers)
+    """Every error answer: ``{"detail", "code"}``, the detail as one line whatever produced it."""
+    return JSONResponse({"detail": one_line(detail), "code": code}, status_code=status, headers=headers)
 
 
 def unauthorized() -> ApiError:

@@ -36,6 +36,7 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from ..errors import one_line
 from .settings import ServerSettings
 
 log = logging.getLogger("medsam_monai.server")
@@ -50,7 +51,7 @@ ACCEPT_BURST = 16
 
 def json_error_bytes(status: int, code: str, detail: str) -> bytes:
     """A complete HTTP/1.1 answer in this server's error format that closes the connection."""
-    payload = json.dumps({"detail": detail, "code": code}).encode()
+    payload = json.dumps({"detail": one_line(detail), "code": code}).encode()
     head = (
         f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n"
         f"content-length: {len(payload)}\r\nconnection: close\r\n\r\n"

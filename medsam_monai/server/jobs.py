@@ -1,4 +1,4 @@
-"""Segmentation jobs: a request run in the background, with progress and cancel.
+"""Jobs: a segmentation or an automatic-mask request run in the background, with progress and cancel.
 
 A job belongs to a session (it is cancelled when the session goes) and passes the model gate like
 any request; a pool of ``job_workers`` threads waits there, so jobs queue rather than pile up.
@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from ..errors import one_line
 from ..predictor import Cancelled
 from .segmentation import SegmentOutcome, SegmentPlan, cancel_check
 
@@ -26,14 +27,18 @@ class TooManyJobs(RuntimeError):
 
 
 class Job:
-    """One segmentation: its state, progress, and result or error. Thread-safe."""
+    """One segmentation or automatic-mask request: its state, progress, and result or error. Thread-safe.
+
+    ``plan`` is a :class:`~.segmentation.SegmentPlan` or an :class:`~.everything.EverythingPlan`
+    (``kind`` says which; ``steps``, the units its progress counts)."""
 
     def __init__(self, plan: SegmentPlan) -> None:
         self.id = secrets.token_urlsafe(12)
         self.plan = plan
+        self.kind: str = plan.kind
         self.state = "queued"
         self.done = 0
-        self.total = plan.slices
+        self.total = plan.steps
         self.detail: str | None = None
         self.outcome: SegmentOutcome | None = None
         self.result: object | None = None  # the outcome as the protocol's SegmentResult, once asked for
@@ -108,7 +113,7 @@ class JobRunner:
             job.set_state("cancelled", self._cancel_reason(job))
         except Exception as err:  # noqa: BLE001 - a failed job reports, the worker lives on
             log.exception("job %s of session %s failed", job.id, session.id)
-            job.set_state("failed", f"internal error: {type(err).__name__}: {err}")
+            job.set_state("failed", f"internal error: {type(err).__name__}: {one_line(err)}")
         else:
             job.progress(job.total, job.total)
             job.set_state("done", outcome=outcome)

@@ -100,7 +100,7 @@ class ModelGate:
 
 class GatedPredictor(MedSAMPredictor):
     """A predictor whose network calls pass ``gate.model_call()``: built on the same network,
-    device, precision and embedding cache as ``predictor`` (shared, not copied), so that the
+    device, precision, preprocessing and embedding cache as ``predictor`` (shared, not copied), so that the
     predictor's own 3D propagation takes turns with other requests between slices. ``predictor``
     itself stays unguarded: prefetching holds the gate around whole batches with it."""
 
@@ -112,6 +112,9 @@ class GatedPredictor(MedSAMPredictor):
             encode_batch_size=predictor.encode_batch_size,
             cache=predictor.cache,
             call_guard=gate.model_call,
+            # the same image pipeline, so that requests find (and make) the embeddings prefetching makes
+            preprocessing=predictor.preprocessing,
+            uint8_after_resize=predictor.uint8_after_resize,
         )
         self.gate = gate
 

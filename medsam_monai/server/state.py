@@ -22,10 +22,23 @@ from ..orientation import check_affine
 from ..predictor import Cancelled, MedSAMPredictor
 from .codec import CodecError, TooLarge, check_declared, decode_array, encode_array
 from .errors import ApiError, validation_message
+from .everything import EverythingOutcome, EverythingPlan, plan_everything, run_everything
 from .intake import IntakeBudget, IntakeBusy, check_normalisation, normalized_in_slabs, working_bytes
 from .jobs import Job, JobRunner, TooManyJobs
 from .memory import MemoryReleaser
-from .models import CreateSession, Health, JobStatus, Prefetch, SegmentRequest, SegmentResult, SessionInfo
+from .models import (
+    CreateSession,
+    EverythingJobStatus,
+    EverythingRequest,
+    EverythingResult,
+    Health,
+    JobStatus,
+    Prefetch,
+    SegmentRequest,
+    SegmentResult,
+    SessionInfo,
+    SliceScores,
+)
 from .runtime import GatedPredictor, ModelGate, Prefetcher, SessionEmbeddingCache
 from .segmentation import SegmentOutcome, SegmentPlan, cancel_check, plan_segment, run_segment
 from .sessions import BYTES_PER_VOXEL, Session, SessionNotFound, SessionStore, StoreFull
@@ -119,6 +132,7 @@ class ServerState:
             variant=self.variant,
             device=str(self.predictor.device),
             precision=self.predictor.precision,
+            preprocessing=self.predictor.preprocessing,  # type: ignore[arg-type]
             auth_required=self.settings.token is not None,
             max_upload_bytes=self.settings.max_upload_bytes,
             max_volume_bytes=self.settings.max_volume_bytes,
@@ -240,17 +254,19 @@ class ServerState:
 
     def run(
         self,
-        plan: SegmentPlan,
+        plan: SegmentPlan | EverythingPlan,
         progress: Callable[[int, int], None] | None = None,
         cancel: Callable[[], bool] | None = None,
         on_start: Callable[[], None] | None = None,
-    ) -> SegmentOutcome:
-        """Run a plan; its network calls take turns with other requests', before background work."""
+    ) -> SegmentOutcome | EverythingOutcome:
+        """Run a plan (a segmentation or automatic masks); its network calls take turns with other
+        requests', before background work."""
+        work = run_everything if isinstance(plan, EverythingPlan) else run_segment
         with plan.session.in_use(), self.gate.request():
             if on_start is not None:
                 on_start()
             try:
-                return run_segment(self.model, plan, progress, cancel)
+                return work(self.model, plan, progress, cancel)  # type: ignore[arg-type]
             finally:
                 self.store.touch(plan.session)
                 if plan.session.closed.is_set():  # closed meanwhile: drop what its last slice cached
@@ -267,16 +283,30 @@ class ServerState:
         return result_of(plan, outcome)
 
     def start_job(self, session: Session, body: SegmentRequest) -> Job:
-        plan = self.plan(session, body)
+        return self._submit(self.plan(session, body))
+
+    def start_everything(self, session: Session, body: EverythingRequest) -> Job:
+        """Start SAM's automatic masks on one slice as a job (checked first: 422 on bad values)."""
         try:
-            return self.jobs.submit(plan)
+            plan = plan_everything(session, body, self.model)
+        except ValueError as err:
+            raise ApiError(422, "invalid_request", str(err)) from None
+        return self._submit(plan)
+
+    def _submit(self, plan: SegmentPlan | EverythingPlan) -> Job:
+        try:
+            return self.jobs.submit(plan)  # type: ignore[arg-type]
         except TooManyJobs as err:
             raise ApiError(429, "busy", str(err)) from None
 
-    def job(self, session: Session, job_id: str) -> Job:
+    def job(self, session: Session, job_id: str, kind: str = "segment") -> Job:
+        """A job of ``session`` of ``kind`` (``segment`` or ``everything``: each has its own path)."""
         job = session.jobs.get(job_id)
         if job is None:
             raise ApiError(404, "job_not_found", f"unknown job {job_id!r} in session {session.id!r}")
+        if job.kind != kind:
+            what, path = ("an automatic-mask", "everything") if job.kind == "everything" else ("a segmentation", "jobs")
+            raise ApiError(404, "job_not_found", f"job {job_id!r} is {what} job: ask /sessions/{session.id}/{path}/{job_id}")
         return job
 
 
@@ -328,6 +358,25 @@ def result_of(plan: SegmentPlan, outcome: SegmentOutcome) -> SegmentResult:
         axis=plan.axis,  # type: ignore[arg-type]
         voxels=int(np.count_nonzero(outcome.block)),
         seconds=round(outcome.seconds, 4),
+        key_index=outcome.key_index,
+        scores=[SliceScores(index=index, iou=iou, kept=kept) for index, iou, kept in outcome.scores],
+    )
+
+
+def everything_result_of(plan: EverythingPlan, outcome: EverythingOutcome) -> EverythingResult:
+    index = outcome.offset[outcome.slice_axis]
+    return EverythingResult(
+        labels=encode_array(outcome.block),  # type: ignore[arg-type]
+        offset=list(outcome.offset),
+        volume_shape=list(plan.session.shape),
+        slice_axis=outcome.slice_axis,
+        slice_range=[index, index],
+        axis=plan.axis,  # type: ignore[arg-type]
+        masks=len(outcome.records),
+        generated=outcome.generated,
+        pixel_spacing_mm=list(plan.spacing_mm),
+        records=outcome.records,  # type: ignore[arg-type]
+        seconds=round(outcome.seconds, 4),
     )
 
 
@@ -339,3 +388,13 @@ def job_status(job: Job) -> JobStatus:
             job.result = result_of(job.plan, outcome)
         result = job.result
     return JobStatus(job_id=job.id, state=state, done=done, total=total, detail=detail, result=result)  # type: ignore[arg-type]
+
+
+def everything_status(job: Job) -> EverythingJobStatus:
+    state, done, total, detail, outcome = job.snapshot()
+    result = None
+    if outcome is not None:
+        if job.result is None:  # encoded once, however often the client polls
+            job.result = everything_result_of(job.plan, outcome)  # type: ignore[arg-type]
+        result = job.result
+    return EverythingJobStatus(job_id=job.id, state=state, done=done, total=total, detail=detail, result=result)  # type: ignore[arg-type]

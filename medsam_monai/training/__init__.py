@@ -2,7 +2,7 @@
 
 The bundle's ``configs/train.json`` and ``configs/multi_gpu_train.json`` are built from these pieces:
 
-- data (:mod:`.data`): :func:`load_cases` (datalist JSON or ``imagesTr``/``labelsTr`` folder),
+- data (:mod:`.data`): :func:`load_training_splits` (datalist JSON or ``imagesTr``/``labelsTr`` folder),
   :func:`foreground_slices`, the transforms :class:`LoadSliced` (cacheable: the slice prepared
   exactly as at inference) and :class:`RandBoxPromptd` (MedSAM's random label and box jitter);
 - the network (:mod:`.network`): :class:`MedSAMTrainNet`, MedSAM's training forward with SAM's own
@@ -17,7 +17,7 @@ from .data import (
     RandBoxPromptd,
     display_volumes,
     foreground_slices,
-    load_cases,
+    load_training_splits,
     present_labels,
     resize_label,
     tight_boxes,
@@ -47,8 +47,8 @@ __all__ = [
     "display_volumes",
     "foreground_slices",
     "latest_checkpoint",
-    "load_cases",
     "load_sam",
+    "load_training_splits",
     "lr_scheduler",
     "present_labels",
     "resize_label",

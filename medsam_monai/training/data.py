@@ -39,6 +39,7 @@ from ..transforms import (
     case_name,
     check_same_grid,
     display_volumes,
+    image_stem,
     present_labels,
     read_label_volume,
     resize_label,
@@ -53,7 +54,7 @@ __all__ = [
     "check_same_grid",
     "display_volumes",
     "foreground_slices",
-    "load_cases",
+    "load_training_splits",
     "present_labels",
     "read_label_volume",
     "resize_label",
@@ -62,7 +63,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".mgz")
 # nnU-Net names images CASE_XXXX (one file per channel); the label is CASE.
 _NNUNET_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
@@ -72,10 +72,12 @@ _NNUNET_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 # --------------------------------------------------------------------------------------------
 
 
-def load_cases(
+def load_training_splits(
     source: str | Path, val_fraction: float = 0.1, seed: int = 0, base_dir: str | Path | None = None
 ) -> dict[str, list[dict[str, str]]]:
-    """The training and validation cases (``{"image": path, "label": path}``) of a dataset.
+    """A dataset's cases (``{"image": path, "label": path}``) split into training and validation.
+
+    (The bundle's :func:`medsam_monai.bundle.load_cases` is another job: the cases of an inference run.)
 
     Args:
         source: a MONAI/Decathlon datalist JSON file, or a folder holding ``imagesTr`` and
@@ -92,7 +94,7 @@ def load_cases(
     if path.is_dir():
         datalist = path / "dataset.json"
         if datalist.is_file() and "training" in json.loads(datalist.read_text()):
-            return load_cases(datalist, val_fraction, seed, base_dir or path)
+            return load_training_splits(datalist, val_fraction, seed, base_dir or path)
         return _split(_folder_cases(path), [], val_fraction, seed, str(path))
     if not path.is_file():
         raise FileNotFoundError(f"dataset {path}: no such datalist file or folder")
@@ -121,14 +123,6 @@ def _split(training: list[dict], validation: list[dict], val_fraction: float, se
     return {"training": cases, "validation": held_out}
 
 
-def _strip_suffix(name: str) -> str | None:
-    lower = name.lower()
-    for suffix in _IMAGE_SUFFIXES:
-        if lower.endswith(suffix):
-            return name[: -len(suffix)]
-    return None
-
-
 def _folder_cases(folder: Path) -> list[dict[str, str]]:
     """Pairs ``imagesTr/CASE[_0000].ext`` with ``labelsTr/CASE.ext`` (MSD and nnU-Net layouts)."""
     images_dir, labels_dir = folder / "imagesTr", folder / "labelsTr"
@@ -136,12 +130,12 @@ def _folder_cases(folder: Path) -> list[dict[str, str]]:
         raise FileNotFoundError(f"dataset {folder}: expected a datalist JSON or a folder with imagesTr/ and labelsTr/")
     labels = {}
     for file in sorted(labels_dir.iterdir()):
-        stem = _strip_suffix(file.name)
+        stem = image_stem(file.name)
         if stem is not None and not file.name.startswith("."):
             labels[stem] = file
     cases = []
     for file in sorted(images_dir.iterdir()):
-        stem = _strip_suffix(file.name)
+        stem = image_stem(file.name)
         if stem is None or file.name.startswith("."):
             continue
         match = _NNUNET_CHANNEL.match(stem)

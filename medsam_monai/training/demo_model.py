@@ -169,7 +169,9 @@ def export_weights(checkpoint: Path, out: Path) -> None:
         k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in build_sam("tiny", checkpoint).state_dict().items()
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(out), metadata={"variant": "tiny", "source": "medsam_monai.training.demo_model"})
+    save_file(
+        state, str(out), metadata={"variant": "tiny", "source": "medsam_monai.training.demo_model", "preprocessing": "medsam"}
+    )
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -38,6 +38,7 @@ from .functional import (
     sam_normalize,
     uint8_like,
 )
+from .images import medsam_2d_intensity
 from .volumes import volume_to_metatensor
 
 
@@ -182,3 +183,22 @@ class BoxesFromLabel(Transform):
             asked = "" if self.label_values is None else f" of {self.label_values}"
             raise ValueError(f"the label image has no foreground{asked} to derive a box from")
         return wanted
+
+
+class Medsam2DIntensity(Transform):
+    """Array transform: MedSAM's 2D image intensities (``pre_grey_rgb.py``) -> uint8 (H, W, 3).
+
+    Input (H, W) grey, (H, W, 3) RGB or (H, W, 4) as read (channels last, any real dtype); output
+    uint8 (H, W, 3) in the container type of the input. See :func:`~.images.medsam_2d_intensity`.
+
+    Args:
+        percentile_clip: MedSAM's optional 0.5-99.5 percentile cut-off (``do_intensity_cutoff``, for grey images).
+    """
+
+    backend = [TransformBackends.NUMPY, TransformBackends.TORCH]
+
+    def __init__(self, percentile_clip: bool = False) -> None:
+        self.percentile_clip = bool(percentile_clip)
+
+    def __call__(self, img: ArrayLike) -> ArrayLike:
+        return uint8_like(medsam_2d_intensity(img, self.percentile_clip), img)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..io import Volume
+from ..masks import mask_box
 from ..orientation import ras_box_to_ijk
 from .functional import MODEL_INPUT_SIZE, scale_box_to_model
 
@@ -69,18 +70,6 @@ def present_labels(label_slice: np.ndarray, min_pixels: int = 1) -> list[int]:
     """Label values (> 0) covering at least ``min_pixels`` pixels of a slice."""
     values, counts = np.unique(label_slice[label_slice > 0], return_counts=True)
     return [int(v) for v, c in zip(values, counts, strict=True) if c >= min_pixels]
-
-
-def mask_box(mask: np.ndarray) -> tuple[list[int], list[int]]:
-    """The inclusive tight box of a non-empty N-D boolean mask, as (lower corner, upper corner) per axis."""
-    lo, hi = [], []
-    for axis in range(mask.ndim):
-        occupied = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        if occupied.size == 0:
-            raise ValueError("an empty mask has no box")
-        lo.append(int(occupied[0]))
-        hi.append(int(occupied[-1]))
-    return lo, hi
 
 
 def jittered_voxel_box(mask: np.ndarray, jitter: int, rng: np.random.Generator) -> Box6:

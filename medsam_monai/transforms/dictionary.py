@@ -4,7 +4,7 @@ A twin of an array transform takes that transform's arguments plus MONAI's ``key
 ``allow_missing_keys``. The others work on several keys of a case at once:
 
 - :class:`LoadVolumed` (image and label paths -> MetaTensors; a case's ``series_uid`` picks its
-  image's DICOM series), :class:`PromptBoxesd` (a case's prompts -> voxel boxes),
+  image's DICOM series), :class:`PromptBoxesd` (a case's prompts -> voxel boxes, points, mask prompt),
   :class:`BoxesFromLabeld` (evaluation boxes, seeded per case), :class:`SaveLabelVolumed`
   (``<output_dir>/<case>_seg.nii.gz`` on the input's grid): the bundle's inference and evaluation;
 - :class:`LoadSliced` (a slice item -> its 1024 network input, labels and tight boxes; cacheable) and
@@ -25,16 +25,34 @@ from monai.transforms import MapTransform, Randomizable
 
 from ..io import write_label_volume
 from ..orientation import parse_axis
-from .array import BoxesFromLabel, CTWindow, IntensityForModality, LoadVolume, MRNormalize, PrepareSlice, SamNormalize
+from .array import (
+    BoxesFromLabel,
+    CTWindow,
+    IntensityForModality,
+    LoadVolume,
+    Medsam2DIntensity,
+    MRNormalize,
+    PrepareSlice,
+    SamNormalize,
+)
 from .boxes import present_labels, tight_boxes
 from .display import display_volumes
 from .functional import MODEL_INPUT_SIZE, WindowSpec, prepare_slice, resize_label
-from .prompts import boxes_from_prompts
-from .volumes import case_name, check_label_grid, volume_of
+from .prompts import (
+    MASK_PROMPT_KEY,
+    CasePrompts,
+    boxes_from_prompts,
+    mask_values_of,
+    multimask_of,
+    points_from_prompts,
+)
+from .volumes import case_name, check_same_grid, volume_of
 
 #: Data keys the bundle's configs, its runner and these transforms agree on.
 BOXES_KEY = "voxel_boxes"
 NAMES_KEY = "segment_names"
+#: A case's prompts besides its boxes (:class:`~.prompts.CasePrompts`).
+PROMPTS_KEY = "case_prompts"
 CASE_INDEX_KEY = "case_index"
 #: A case's DICOM series UID, for an image folder that holds several series.
 SERIES_UID_KEY = "series_uid"
@@ -153,6 +171,8 @@ class LoadVolumed(MapTransform):
         d = dict(data)
         self.require_keys(d)
         for key in self.key_iterator(d):
+            if d[key] is None:  # allowed missing (require_keys refuses it otherwise): a case's null optional path
+                continue
             d[key] = self.loader(d[key], series_uid=self.series_uid(d) if key == self.image_key else None)
         return d
 
@@ -176,9 +196,13 @@ class LoadVolumed(MapTransform):
 
 
 class PromptBoxesd(MapTransform):
-    """Turn a case's prompts (see :func:`~.prompts.boxes_from_prompts`) into voxel boxes of the image at ``keys``.
+    """Turn a case's prompts (see :mod:`~.prompts`) into voxel boxes of the image at ``keys`` and its other prompts.
 
-    Writes ``boxes_key`` (list of :class:`~.boxes.VoxelBox`) and ``names_key`` (segment names by label).
+    Writes ``boxes_key`` (list of :class:`~.boxes.VoxelBox`, :func:`~.prompts.boxes_from_prompts`),
+    ``names_key`` (segment names by label) and ``prompts_key`` (:class:`~.prompts.CasePrompts`: its
+    points, ``multimask``, and its ``mask_prompt`` at ``mask_key``, a label volume read by
+    :class:`LoadVolumed`, checked to lie on the image's grid, with ``label_value``). A case needs a
+    box or a point; points alone make one object (label 1).
     """
 
     def __init__(
@@ -186,17 +210,36 @@ class PromptBoxesd(MapTransform):
         keys: KeysCollection,
         boxes_key: str = BOXES_KEY,
         names_key: str = NAMES_KEY,
+        prompts_key: str = PROMPTS_KEY,
+        mask_key: str = MASK_PROMPT_KEY,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.boxes_key = boxes_key
         self.names_key = names_key
+        self.prompts_key = prompts_key
+        self.mask_key = mask_key
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
-            d[self.boxes_key], d[self.names_key] = boxes_from_prompts(d, volume_of(d[key]))
+            points = points_from_prompts(d)
+            boxes, names = boxes_from_prompts(d, volume_of(d[key]), required=not points)
+            d[self.boxes_key], d[self.names_key] = boxes, names or {1: "Segment_1"}
+            mask, mask_name = self.mask_prompt(d, d[key])
+            d[self.prompts_key] = CasePrompts(tuple(points), multimask_of(d), mask, mask_values_of(d), mask_name)
         return d
+
+    def mask_prompt(self, data: Mapping[Hashable, Any], image: Any) -> tuple[Any, str]:
+        """The case's mask prompt (read by :class:`LoadVolumed`), checked to lie on ``image``'s grid, and its name."""
+        mask = data.get(self.mask_key)
+        if mask is None:
+            return None, f"{self.mask_key!r}"
+        if isinstance(mask, (str, os.PathLike)):
+            raise ValueError(f"{self.mask_key!r} {mask} was not read: this run's LoadVolumed must read {self.mask_key!r} too")
+        source = volume_of(mask).source
+        check_same_grid(mask, image, repr(self.mask_key))
+        return mask, f"{self.mask_key!r} {source}" if source else repr(self.mask_key)
 
 
 class BoxesFromLabeld(MapTransform):
@@ -226,7 +269,7 @@ class BoxesFromLabeld(MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
-            check_label_grid(d[key], d[self.image_key], str(key))
+            check_same_grid(d[key], d[self.image_key], str(key))
             rng = np.random.default_rng([self.seed, int(d.get(CASE_INDEX_KEY, 0))])
             d[self.boxes_key] = self.transform(d[key], rng)
         return d
@@ -382,3 +425,13 @@ class RandBoxPromptd(Randomizable, MapTransform):
         shift = self.R.randint(0, self.bbox_shift + 1, size=boxes.shape).astype(np.float64)
         jittered = boxes + shift * np.array([-1.0, -1.0, 1.0, 1.0])
         return np.clip(jittered, 0, self.size - 1)
+
+
+class Medsam2DIntensityd(ApplyArrayd):
+    """Dictionary twin of ``Medsam2DIntensity``."""
+
+    backend = Medsam2DIntensity.backend
+
+    def __init__(self, keys: KeysCollection, percentile_clip: bool = False, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.transform = Medsam2DIntensity(percentile_clip)

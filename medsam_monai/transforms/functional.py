@@ -226,18 +226,31 @@ def as_2d_slice(slice_2d: ArrayLike) -> np.ndarray:
     return arr
 
 
-def resize_01(grey: np.ndarray, size: int, mode: str, uint8_after_resize: bool = False) -> np.ndarray:
-    """Resize one (H, W) float64 slice to (size, size) and min-max it to [0, 1] (float64).
+def resize_01(image: np.ndarray, size: int, mode: str, uint8_after_resize: bool = False) -> np.ndarray:
+    """Resize one (H, W) grey or (H, W, 3) RGB float64 image to (size, size[, 3]) and min-max it to
+    [0, 1] (float64; one min and max over all channels, as ``MedSAM_Inference.py``).
 
-    MedSAM resizes the 3-channel repeat; the channels are identical and scikit-image treats
-    the last axis as channels, so resizing the grey slice once gives the same values (to
-    ~1e-13) at a fraction of the cost (the channel axis also goes through the spline zoom).
+    MedSAM resizes the 3-channel repeat of a grey slice; the channels are identical and
+    scikit-image treats the last axis as channels, so resizing the grey slice once gives the same
+    values (to ~1e-13) at a fraction of the cost (the channel axis also goes through the spline zoom).
     """
-    resized = skimage_resize(grey, (size, size), order=3, preserve_range=True, anti_aliasing=True, mode=mode)
+    resized = skimage_resize(image, (size, size), order=3, preserve_range=True, anti_aliasing=True, mode=mode)
     if uint8_after_resize:
         # MedSAM_Inference.py truncates the resized image to uint8 before the min-max
         resized = resized.astype(np.uint8).astype(np.float64)
     return (resized - resized.min()) / np.clip(resized.max() - resized.min(), a_min=EPS, a_max=None)
+
+
+def channels_first(image_01: np.ndarray) -> torch.Tensor:
+    """(H, W) grey (repeated to 3 channels) or (H, W, 3) RGB -> float32 tensor (3, H, W)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(image_01)).float()
+    return tensor.unsqueeze(0).repeat(3, 1, 1) if tensor.ndim == 2 else tensor.permute(2, 0, 1).contiguous()
+
+
+def check_image_stack(stack: np.ndarray) -> None:
+    """ValueError (one line) unless ``stack`` is (N, H, W) grey or (N, H, W, 3) RGB images."""
+    if not (stack.ndim == 3 or (stack.ndim == 4 and stack.shape[-1] == 3)):
+        raise ValueError(f"expected images (N, H, W) or (N, H, W, 3), got shape {tuple(stack.shape)}")
 
 
 def prepare_slice(
@@ -262,8 +275,7 @@ def prepare_slice(
     Returns:
         float32 tensor (3, size, size) in [0, 1].
     """
-    out = resize_01(as_2d_slice(slice_2d), size, mode, uint8_after_resize)
-    return torch.from_numpy(out).float().unsqueeze(0).repeat(3, 1, 1)
+    return channels_first(resize_01(as_2d_slice(slice_2d), size, mode, uint8_after_resize))
 
 
 def prepare_slices(
@@ -273,13 +285,13 @@ def prepare_slices(
     num_workers: int | None = None,
     uint8_after_resize: bool = False,
 ) -> torch.Tensor:
-    """A stack of slices -> a batch of encoder inputs; each slice as ``prepare_slice``.
+    """A stack of slices (or RGB images) -> a batch of MedSAM encoder inputs; each as ``prepare_slice``.
 
     Slices are resized one by one (a single 3D zoom would run the spline across slices) in a
     thread pool: scipy.ndimage releases the GIL, so threads scale.
 
     Args:
-        volume_slices: (N, H, W).
+        volume_slices: (N, H, W) grey or (N, H, W, 3) RGB, values in [0, 255].
         size: output side.
         mode, uint8_after_resize: see ``prepare_slice``.
         num_workers: threads; default ``min(N, os.cpu_count())``.
@@ -288,8 +300,7 @@ def prepare_slices(
         float32 tensor (N, 3, size, size); memory is 12 MiB per slice at size 1024.
     """
     stack = as_float64(volume_slices)
-    if stack.ndim != 3:
-        raise ValueError(f"expected slices (N, H, W), got shape {tuple(stack.shape)}")
+    check_image_stack(stack)
     check_finite(stack)
     n = stack.shape[0]
     out = torch.empty((n, 3, size, size), dtype=torch.float32)
@@ -297,7 +308,7 @@ def prepare_slices(
         return out
 
     def work(i: int) -> None:
-        out[i] = torch.from_numpy(resize_01(stack[i], size, mode, uint8_after_resize)).float()  # broadcast to 3 channels
+        out[i] = channels_first(resize_01(stack[i], size, mode, uint8_after_resize))
 
     workers = max(1, min(n, num_workers or os.cpu_count() or 1))
     if workers == 1:
@@ -339,6 +350,85 @@ def sam_normalize(images: ArrayLike) -> ArrayLike:
     mean_np = np.asarray(SAM_PIXEL_MEAN, dtype=np.float32).reshape(3, 1, 1)
     std_np = np.asarray(SAM_PIXEL_STD, dtype=np.float32).reshape(3, 1, 1)
     return (array - mean_np) / std_np
+
+
+#: The two image pipelines: MedSAM's (stretch to 1024, min-max to [0, 1]) and SAM's (longest side to
+#: 1024, pixel mean/std, zero padding). A checkpoint must be fed the one it was trained with.
+PREPROCESSING_MODES = ("medsam", "sam")
+
+
+def check_preprocessing(name: str) -> str:
+    """``name`` if it is one of :data:`PREPROCESSING_MODES`; one-line ValueError otherwise."""
+    if name not in PREPROCESSING_MODES:
+        raise ValueError(f"unknown preprocessing {name!r}; choose one of {', '.join(PREPROCESSING_MODES)}")
+    return name
+
+
+def sam_resized_shape(image_hw: Sequence[int], size: int = MODEL_INPUT_SIZE) -> tuple[int, int]:
+    """SAM's ``ResizeLongestSide`` target (new_h, new_w): the longest side becomes ``size``, rounded half up."""
+    h, w = (int(v) for v in image_hw)
+    if h <= 0 or w <= 0:
+        raise ValueError(f"image shape must be positive (H, W), got {tuple(image_hw)}")
+    scale = size / max(h, w)
+    return int(h * scale + 0.5), int(w * scale + 0.5)
+
+
+def as_uint8_rgb(image: ArrayLike) -> np.ndarray:
+    """(H, W) grey or (H, W, 3) RGB in [0, 255] -> uint8 (H, W, 3), as SAM takes images (rounded, clipped)."""
+    array = np.asarray(convert_to_numpy(image))
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=-1)
+    if array.ndim != 3 or array.shape[-1] != 3:
+        raise ValueError(f"expected an image (H, W) or (H, W, 3), got shape {tuple(array.shape)}")
+    if array.dtype == np.uint8:
+        return array
+    check_finite(array.astype(np.float64, copy=False))
+    return np.clip(np.rint(array), 0, 255).astype(np.uint8)
+
+
+def sam_resize(image: ArrayLike, size: int = MODEL_INPUT_SIZE) -> np.ndarray:
+    """SAM's resize: uint8 RGB (H, W, 3), longest side to ``size`` with PIL's bilinear filter
+    (segment-anything's ``ResizeLongestSide.apply_image`` and transformers' ``SamImageProcessor``)."""
+    from PIL import Image
+
+    rgb = as_uint8_rgb(image)
+    new_h, new_w = sam_resized_shape(rgb.shape[:2], size)
+    return np.array(Image.fromarray(rgb).resize((new_w, new_h), Image.BILINEAR))  # a writable copy
+
+
+def prepare_sam_image(image: ArrayLike, size: int = MODEL_INPUT_SIZE) -> torch.Tensor:
+    """One image -> SAM image-encoder input: :func:`sam_resize`, :func:`sam_normalize`, zero padding
+    bottom/right to (size, size) after the normalisation, as segment-anything's ``Sam.preprocess``.
+
+    Args:
+        image: (H, W) grey (repeated to 3 channels) or (H, W, 3) RGB, values in [0, 255].
+
+    Returns:
+        float32 tensor (3, size, size).
+    """
+    resized = torch.from_numpy(sam_resize(image, size)).permute(2, 0, 1)
+    normalized = sam_normalize(resized)
+    return F.pad(normalized, (0, size - resized.shape[2], 0, size - resized.shape[1]))
+
+
+def prepare_sam_images(images: ArrayLike, size: int = MODEL_INPUT_SIZE) -> torch.Tensor:
+    """(N, H, W) or (N, H, W, 3) images in [0, 255] -> float32 (N, 3, size, size), each as :func:`prepare_sam_image`."""
+    stack = np.asarray(convert_to_numpy(images))
+    check_image_stack(stack)
+    out = torch.empty((stack.shape[0], 3, size, size), dtype=torch.float32)
+    for i in range(stack.shape[0]):
+        out[i] = prepare_sam_image(stack[i], size)
+    return out
+
+
+def prepare_images(
+    images: ArrayLike, preprocessing: str = "medsam", size: int = MODEL_INPUT_SIZE, uint8_after_resize: bool = False
+) -> torch.Tensor:
+    """(N, H, W) or (N, H, W, 3) images in [0, 255] -> (N, 3, size, size) encoder inputs of ``preprocessing``
+    (:func:`prepare_slices` for ``medsam``, :func:`prepare_sam_images` for ``sam``)."""
+    if check_preprocessing(preprocessing) == "sam":
+        return prepare_sam_images(images, size)
+    return prepare_slices(images, size, uint8_after_resize=uint8_after_resize)
 
 
 # --------------------------------------------------------------------------------------------
@@ -388,6 +478,42 @@ def scale_box_from_model(
     return as_xyxy_boxes(box_xyxy) / size * box_wh(slice_shape_hw)
 
 
+def model_frame_scale(image_hw: Sequence[int], preprocessing: str = "medsam", size: int = MODEL_INPUT_SIZE) -> np.ndarray:
+    """``(sx, sy)``: image pixels -> the model frame (x * sx, y * sy). ``medsam`` stretches
+    (size / W, size / H); ``sam`` resizes the longest side (new_w / W, new_h / H)."""
+    w, h = (int(v) for v in box_wh(image_hw)[:2])  # checked positive
+    if check_preprocessing(preprocessing) == "sam":
+        new_h, new_w = sam_resized_shape((h, w), size)
+        return np.array([new_w / w, new_h / h], dtype=np.float64)
+    return np.array([size / w, size / h], dtype=np.float64)
+
+
+def scale_points_to_model(
+    points_xy: ArrayLike | Sequence[Sequence[float]],
+    image_hw: Sequence[int],
+    preprocessing: str = "medsam",
+    size: int = MODEL_INPUT_SIZE,
+) -> np.ndarray:
+    """Points (..., 2) ``(x, y)`` in image pixels -> the model frame of ``preprocessing`` (float64)."""
+    points = np.asarray(convert_to_numpy(points_xy), dtype=np.float64)
+    if points.shape[-1:] != (2,):
+        raise ValueError(f"points must be (..., 2) as (x, y), got shape {points.shape}")
+    return points * model_frame_scale(image_hw, preprocessing, size)
+
+
+def scale_boxes_to_model(
+    box_xyxy: ArrayLike | Sequence[float],
+    image_hw: Sequence[int],
+    preprocessing: str = "medsam",
+    size: int = MODEL_INPUT_SIZE,
+) -> np.ndarray:
+    """Boxes (..., 4) in image pixels -> the model frame of ``preprocessing``: MedSAM's exact
+    :func:`scale_box_to_model` or SAM's per-corner ``apply_boxes``."""
+    if check_preprocessing(preprocessing) == "medsam":
+        return scale_box_to_model(box_xyxy, image_hw, size)
+    return as_xyxy_boxes(box_xyxy) * np.tile(model_frame_scale(image_hw, preprocessing, size), 2)
+
+
 # --------------------------------------------------------------------------------------------
 # masks
 # --------------------------------------------------------------------------------------------
@@ -409,6 +535,9 @@ def upscale_masks(masks: torch.Tensor, size_hw: Sequence[int]) -> torch.Tensor:
     if masks.ndim != 4:
         raise ValueError(f"expected masks (P, M, h, w), got shape {tuple(masks.shape)}")
     h, w = (int(v) for v in size_hw)
+    if masks.shape[-2:] == (h, w):
+        # bilinear at scale 1 (align_corners=False) samples every pixel at its own centre: an identity, skipped
+        return masks
     return F.interpolate(masks, size=(h, w), mode="bilinear", align_corners=False)
 
 
@@ -434,3 +563,65 @@ def mask_probabilities(low_res_logits: torch.Tensor, slice_shape_hw: Sequence[in
 def postprocess_logits(low_res_logits: torch.Tensor, slice_shape_hw: Sequence[int]) -> torch.Tensor:
     """Low-res decoder logits -> binary masks (P, M, H, W) at the slice size: :func:`mask_probabilities` > 0.5."""
     return mask_probabilities(low_res_logits, slice_shape_hw) > 0.5
+
+
+def sam_postprocess_logits(low_res_logits: torch.Tensor, image_hw: Sequence[int], size: int = MODEL_INPUT_SIZE) -> torch.Tensor:
+    """SAM's ``postprocess_masks``: (P, M, h, w) low-res logits -> bilinear to (size, size) -> crop the
+    padding to the resized image -> bilinear to (H, W). float32 logits; masks are logits > 0."""
+    if low_res_logits.ndim != 4:
+        raise ValueError(f"expected logits (P, M, h, w), got shape {tuple(low_res_logits.shape)}")
+    new_h, new_w = sam_resized_shape(image_hw, size)
+    padded = upscale_masks(low_res_logits.float(), (size, size))
+    return upscale_masks(padded[..., :new_h, :new_w], image_hw)
+
+
+def mask_logits(
+    low_res_logits: torch.Tensor, image_hw: Sequence[int], preprocessing: str = "medsam", size: int = MODEL_INPUT_SIZE
+) -> torch.Tensor:
+    """Low-res decoder logits (P, M, h, w) -> float32 logits (P, M, H, W) at the image size:
+    SAM's :func:`sam_postprocess_logits` for ``sam``, one bilinear resize for ``medsam``."""
+    if check_preprocessing(preprocessing) == "sam":
+        return sam_postprocess_logits(low_res_logits, image_hw, size)
+    if low_res_logits.ndim != 4:
+        raise ValueError(f"expected logits (P, M, h, w), got shape {tuple(low_res_logits.shape)}")
+    return upscale_masks(low_res_logits.float(), image_hw)
+
+
+def masks_and_probabilities(
+    low_res_logits: torch.Tensor, image_hw: Sequence[int], preprocessing: str = "medsam", size: int = MODEL_INPUT_SIZE
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Binary masks and float32 probabilities (P, M, H, W) as each pipeline thresholds them:
+    MedSAM's sigmoid, resize, > 0.5 (:func:`mask_probabilities`); SAM's logits > 0 after its upscale."""
+    if check_preprocessing(preprocessing) == "sam":
+        logits = sam_postprocess_logits(low_res_logits, image_hw, size)
+        return logits > 0.0, torch.sigmoid(logits)
+    probabilities = mask_probabilities(low_res_logits, image_hw)
+    return probabilities > 0.5, probabilities
+
+
+#: A binary mask given as a dense prompt becomes logits ``20 * m - 10`` at the decoder's 256 scale:
+#: SAM 2's convention for mask inputs (``sigmoid_scale_for_mem_enc`` 20, bias -10); SAM 1 and
+#: MedSAM only take their own earlier low-res logits.
+MASK_PROMPT_SCALE = 20.0
+MASK_PROMPT_BIAS = -10.0
+
+
+def mask_prompt_logits(
+    mask: ArrayLike, preprocessing: str = "medsam", size: int = MODEL_INPUT_SIZE, low_res: int = 256
+) -> torch.Tensor:
+    """An (H, W) binary mask in image pixels -> (1, low_res, low_res) float32 logits for the decoder's
+    mask input, in the model frame of ``preprocessing``: stretched for ``medsam``; longest side
+    resized and zero-padded (as logits of "outside") for ``sam``. Area-weighted (antialiased
+    bilinear) resize, then :data:`MASK_PROMPT_SCALE` and :data:`MASK_PROMPT_BIAS`.
+    """
+    array = np.asarray(convert_to_numpy(mask))
+    if array.ndim != 2 or 0 in array.shape:
+        raise ValueError(f"a mask prompt must be a 2D (H, W) mask, got shape {tuple(array.shape)}")
+    fraction = torch.from_numpy(np.ascontiguousarray(array != 0, dtype=np.float32))[None, None]
+    if check_preprocessing(preprocessing) == "sam":
+        new_h, new_w = sam_resized_shape(array.shape, low_res)
+        resized = F.interpolate(fraction, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True)
+        fraction = F.pad(resized, (0, low_res - new_w, 0, low_res - new_h))
+    else:
+        fraction = F.interpolate(fraction, size=(low_res, low_res), mode="bilinear", align_corners=False, antialias=True)
+    return (fraction[0] * MASK_PROMPT_SCALE + MASK_PROMPT_BIAS).float()

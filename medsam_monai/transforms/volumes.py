@@ -7,7 +7,6 @@ the file. Label volumes are checked to hold whole numbers >= 0 and to lie on the
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -17,31 +16,37 @@ import torch
 from monai.data import MetaTensor
 from monai.utils import convert_to_numpy
 
+from ..images import IMAGE_2D_SUFFIXES
 from ..io import NiftiForms, Volume, read_volume
 from ..orientation import check_affine
-
-logger = logging.getLogger(__name__)
 
 #: MetaTensor meta key of the source NIfTI header's qform/sform codes (:class:`~medsam_monai.io.NiftiForms`).
 NIFTI_FORMS_KEY = "medsam_nifti_forms"
 
-#: Image suffixes dropped from a file name to name its case (longest first where one ends another).
+#: The suffixes of volume image files (longest first where one ends another): a case's name is its
+#: image's file name without one, and a training folder's ``imagesTr``/``labelsTr`` files are those with one.
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".mgz", ".mgh", ".dcm")
 
-#: Affines of a label and its image agree to this many mm for evaluation (a stricter grid check).
-EVALUATION_GRID_ATOL = 1e-3
-#: Training warns (and uses the image's affine) beyond this many mm.
-TRAINING_GRID_ATOL = 1e-2
+#: A label lies on its image's grid when every entry of their affines agrees to this many mm: far
+#: below any voxel, far above the float32 rounding of file headers (3e-5 mm at 500 mm from the origin).
+GRID_ATOL = 1e-3
+
+
+def image_stem(file_name: str, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> str | None:
+    """``file_name`` without its suffix of ``suffixes`` (any case: ``CT.NII.GZ`` -> ``CT``); None when it has none."""
+    lower = file_name.lower()
+    for suffix in suffixes:
+        if lower.endswith(suffix) and len(file_name) > len(suffix):
+            return file_name[: -len(suffix)]
+    return None
 
 
 def case_name(image: str | os.PathLike[str]) -> str:
-    """A case's name: its image file name without the image suffix (a DICOM folder's name)."""
+    """A case's name: its image file name without the image suffix, a volume's or a 2D image's
+    (:data:`medsam_monai.images.IMAGE_2D_SUFFIXES`), or a DICOM folder's name."""
     name = Path(os.fspath(image)).name
-    lower = name.lower()
-    for suffix in IMAGE_SUFFIXES:
-        if lower.endswith(suffix) and len(name) > len(suffix):
-            return name[: -len(suffix)]
-    return name
+    stem = image_stem(name, IMAGE_SUFFIXES + IMAGE_2D_SUFFIXES)
+    return name if stem is None else stem
 
 
 def volume_to_metatensor(volume: Volume, source: str | os.PathLike[str] | None = None) -> MetaTensor:
@@ -85,22 +90,22 @@ def read_label_volume(path: str | os.PathLike[str]) -> Volume:
     return Volume(array.astype(np.int32), labels.affine, str(path))
 
 
-def check_same_grid(labels: Volume, image: Volume) -> None:
-    """Training: a label volume must have its image's shape; affines that differ by more than 0.01 mm
-    are logged and the image's is used (the voxels are what training reads)."""
-    if labels.shape != image.shape:
-        raise ValueError(f"label {labels.source} has shape {labels.shape}, its image {image.source} {image.shape}")
-    if not np.allclose(labels.affine, image.affine, atol=TRAINING_GRID_ATOL):
-        logger.warning("label %s and image %s have different affines; the image's is used", labels.source, image.source)
+def check_same_grid(label: Volume | MetaTensor, image: Volume | MetaTensor, name: str = "label") -> None:
+    """A label volume must lie on its image's grid: the same shape, and affines that agree to :data:`GRID_ATOL`.
 
-
-def check_label_grid(label: Any, image: Any, key: str) -> None:
-    """Evaluation: the label MetaTensor at ``key`` must lie on the image's grid (same shape, affines to 0.001 mm).
-
-    Stricter than training's :func:`check_same_grid`: a score against a shifted label would be wrong silently.
+    One rule for evaluation (MetaTensors from LoadVolumed) and training (:class:`Volume`): a label on
+    another grid is a one-line ValueError naming it (``name`` and its file), since a score against a
+    shifted label, or a training mask off its image, would be wrong without a word.
     """
-    label_volume, image_volume = volume_of(label), volume_of(image)
-    if label_volume.shape != image_volume.shape:
-        raise ValueError(f"{key} shape {label_volume.shape} differs from the image's {image_volume.shape}")
-    if not np.allclose(label_volume.affine, image_volume.affine, atol=EVALUATION_GRID_ATOL):
-        raise ValueError(f"{key} lies on another grid than the image (their affines differ)")
+    labels, volume = _as_volume(label), _as_volume(image)
+    what = f"{name} {labels.source}" if labels.source else name
+    if labels.shape != volume.shape:
+        raise ValueError(f"{what}: shape {labels.shape} differs from the image's {volume.shape} (another grid)")
+    if not np.allclose(labels.affine, volume.affine, rtol=0.0, atol=GRID_ATOL):
+        worst = float(np.max(np.abs(labels.affine - volume.affine)))
+        raise ValueError(f"{what} lies on another grid than the image (their affines differ by up to {worst:.3g} mm)")
+
+
+def _as_volume(image: Volume | MetaTensor) -> Volume:
+    """``image`` as a :class:`Volume`: itself, or the view :func:`volume_of` gives of a MetaTensor."""
+    return image if isinstance(image, Volume) else volume_of(image)

@@ -55,12 +55,14 @@ try:
 except ModuleNotFoundError:
     from MedSAMLib.testing import Choice, GuiConnector, SlicerParameterNamePropertyName, WithinRange, parameterNodeWrapper
 
-from MedSAMLib import consent, geometry, options, server_process, tasks, undo
+from MedSAMLib import consent, everything, geometry, options, server_process, tasks, undo
 from slicer.util import VTKObservationMixin
 
 ACTION_SLICE = "slice"
 ACTION_3D = "3d"
 DEFAULT_SEGMENT_NAME = "MedSAM"
+# The base name Slicer's labelmap import gives the segments of "Segment everything" until they are named.
+EVERYTHING_SEGMENT_BASE_NAME = "Mask"
 DEFAULT_SERVER_URL = f"http://127.0.0.1:{server_process.DEFAULT_PORT}"
 
 # Keyboard shortcuts, active while the module is shown (Ctrl+Z as in the Segment Editor).
@@ -100,6 +102,9 @@ class MedSAM(ScriptedLoadableModule):
             "server (started from this panel or elsewhere); the image is sent to it only after you agree. "
             "A box drawn in one slice view is as deep as its shortest side there, so Segment 3D covers that many "
             "millimetres: resize the box in a perpendicular view to cover more; the panel shows the slices covered. "
+            "Options: let SAM propose three masks and keep the best (multimask), or refine a segment by sending it "
+            "as a mask prompt. 'Segment everything' makes one segment per mask SAM finds on the slice in view "
+            "(one undo step). "
             f"Shortcuts: {SHORTCUT_SEGMENT_SLICE} segment slice, {SHORTCUT_SEGMENT_3D} segment 3D, "
             "Ctrl+Z undo, Escape cancel."
         )
@@ -116,6 +121,9 @@ class MedSAM(ScriptedLoadableModule):
 # The panel's CT window and level limits (HU), those of its spin boxes in MedSAM.ui.
 WINDOW_LEVEL_RANGE = (-3000.0, 5000.0)
 WINDOW_WIDTH_RANGE = (1.0, 8000.0)
+# "Segment everything"'s medical filters in the panel (mm^2; a fraction of the slice), those of MedSAM.ui.
+EVERYTHING_MIN_AREA_RANGE = (0.0, 100000.0)
+EVERYTHING_MAX_AREA_FRACTION_RANGE = (0.01, 1.0)
 
 
 @parameterNodeWrapper
@@ -131,6 +139,11 @@ class MedSAMParameterNode:
         for the slice view the mouse was last in.
     modality - "ct" or "mr"; windowPreset - the CT window ("abdomen"... or "custom"), windowLevel and
         windowWidth (HU) - the custom one.
+    multimask - SAM proposes three masks per slice and the one of highest predicted IoU is kept.
+    refineFromSegment - the chosen segment goes with the box and points as a mask prompt, to refine it.
+    everything* - SAM's automatic-mask parameters for "Segment everything" (SAM's names: points_per_side,
+        pred_iou_thresh, stability_score_thresh, box_nms_thresh) and the medical filters: everythingMinAreaMm2
+        (0: none) and everythingMaxAreaFraction (1: none).
 
     The server's address, its access token, the agreements to send images and the local server's settings
     are not here: they belong to this computer and user, not to the data (Qt settings, see MedSAMWidget).
@@ -149,6 +162,14 @@ class MedSAMParameterNode:
     windowPreset: Annotated[str, Choice(list(options.WINDOW_CHOICES))] = "abdomen"
     windowLevel: Annotated[float, WithinRange(*WINDOW_LEVEL_RANGE)] = 40.0
     windowWidth: Annotated[float, WithinRange(*WINDOW_WIDTH_RANGE)] = 400.0
+    multimask: bool = False
+    refineFromSegment: bool = False
+    everythingPointsPerSide: Annotated[int, WithinRange(*everything.PARAMETERS["points_per_side"][1:3])] = 32
+    everythingPredIouThresh: Annotated[float, WithinRange(0.0, 1.0)] = 0.88
+    everythingStabilityScoreThresh: Annotated[float, WithinRange(0.0, 1.0)] = 0.95
+    everythingBoxNmsThresh: Annotated[float, WithinRange(0.0, 1.0)] = 0.7
+    everythingMinAreaMm2: Annotated[float, WithinRange(*EVERYTHING_MIN_AREA_RANGE)] = 0.0
+    everythingMaxAreaFraction: Annotated[float, WithinRange(*EVERYTHING_MAX_AREA_FRACTION_RANGE)] = 1.0
 
 
 #
@@ -183,15 +204,58 @@ class SegmentRequest:
     volume_array: Optional[np.ndarray] = field(default=None, repr=False)
     # The consent store's revocation count for server_url when prepare() found consent given.
     consent_revocations: Optional[int] = None
+    multimask: bool = False
+    # Refining: the segment on the segmented slices, cut to its tight block (MedSAMLib.client.MaskPrompt); it goes
+    # to the server as the mask prompt.
+    mask_prompt: Any = field(default=None, repr=False)
 
     @property
     def propagate(self) -> bool:
         return self.action == ACTION_3D
 
+    @property
+    def refine(self) -> bool:
+        return self.mask_prompt is not None
+
+    def focus_ijk(self) -> List[int]:
+        """The voxel whose slice the server encodes first: the box's centre."""
+        box = np.asarray(self.box_ijk)
+        return [int(v) for v in (box[:3] + box[3:]) // 2]
+
     def describe(self) -> str:
         first, last = self.slice_range
         where = f"{self.axis} slice {first}" if first == last else f"{self.axis} slices {first}-{last}"
-        return f"MedSAM {'3D' if self.propagate else 'slice'} on {where}"
+        kind = "refine" if self.refine else ("3D" if self.propagate else "slice")
+        return f"MedSAM {kind} on {where}"
+
+
+@dataclass
+class EverythingRequest:
+    """Everything one "Segment everything" needs, read from the scene on the main thread (see SegmentRequest)."""
+
+    volume_node_id: str
+    segmentation_node_id: str
+    shape_kji: Tuple[int, int, int]
+    ijk_to_ras: np.ndarray
+    axis: str
+    voxel_axis: int
+    slice_index: int
+    parameters: Dict[str, object]
+    modality: str
+    window: Any
+    server_url: str
+    session_key: tuple
+    volume_array: Optional[np.ndarray] = field(default=None, repr=False)
+    consent_revocations: Optional[int] = None
+
+    def focus_ijk(self) -> List[int]:
+        """A voxel of the slice (the slice's centre): the server encodes that slice first."""
+        centre = [(n - 1) // 2 for n in self.shape_kji[::-1]]
+        centre[self.voxel_axis] = self.slice_index
+        return centre
+
+    def describe(self) -> str:
+        return f"MedSAM segment everything on {self.axis} slice {self.slice_index}"
 
 
 @dataclass
@@ -206,6 +270,8 @@ class ApplyResult:
     last_slice: int
     voxels_on_slices: int
     changed_voxels: int
+    # The network's predicted IoU of the mask kept on the key slice (None when the server does not report it).
+    key_iou: Optional[float] = None
 
     def summary(self) -> str:
         where = (
@@ -213,10 +279,31 @@ class ApplyResult:
             if self.first_slice == self.last_slice
             else f"{self.axis} slices {self.first_slice}-{self.last_slice}"
         )
+        score = f" Predicted IoU {self.key_iou:.2f} on the key slice." if self.key_iou is not None else ""
         return (
             f"Segment '{self.segment_name}': {self.voxels_on_slices} voxels on {where} "
-            f"({self.changed_voxels} changed). Ctrl+Z undoes this."
+            f"({self.changed_voxels} changed).{score} Ctrl+Z undoes this."
         )
+
+
+@dataclass
+class EverythingApplied:
+    """What "Segment everything" added: one segment per mask visible on the slice."""
+
+    segment_ids: List[str]
+    segment_names: List[str]
+    axis: str
+    slice_index: int
+    masks: int
+    generated: int
+
+    def summary(self) -> str:
+        where = f"{self.axis} slice {self.slice_index}"
+        if not self.segment_ids:
+            return f"SAM found no mask on {where} that passes the filters ({self.generated} before them); nothing was added."
+        hidden = self.masks - len(self.segment_ids)
+        covered = f" ({hidden} with no voxel in view, under smaller masks, left out)" if hidden else ""
+        return f"{len(self.segment_ids)} segments from SAM's masks on {where}{covered}. Ctrl+Z removes them all."
 
 
 def ensure_segmentation_converters() -> None:
@@ -434,6 +521,43 @@ class MedSAMLogic(ScriptedLoadableModuleLogic):
             exclude_points_node=parameters.excludePoints,
             server_url=server_url,
             force_upload=force_upload,
+            multimask=parameters.multimask,
+            refine=parameters.refineFromSegment,
+        )
+
+    @staticmethod
+    def everything_parameters_of(parameters: MedSAMParameterNode) -> Dict[str, object]:
+        """SAM's automatic-mask parameters (SAM's names) and the medical filters the parameter node holds."""
+        largest = float(parameters.everythingMaxAreaFraction)
+        return {
+            "points_per_side": int(parameters.everythingPointsPerSide),
+            "pred_iou_thresh": float(parameters.everythingPredIouThresh),
+            "stability_score_thresh": float(parameters.everythingStabilityScoreThresh),
+            "box_nms_thresh": float(parameters.everythingBoxNmsThresh),
+            # The panel's "no filter" values: no area is too small (0), no mask too large (1).
+            "min_area_mm2": float(parameters.everythingMinAreaMm2) or None,
+            "max_area_fraction": largest if largest < 1.0 else None,
+        }
+
+    def prepare_everything_from_parameters(
+        self,
+        parameters: MedSAMParameterNode,
+        server_url: str,
+        last_slice_node_id: Optional[str] = None,
+        force_upload: bool = False,
+    ) -> "EverythingRequest":
+        """:meth:`prepare_everything` for the slice in the parameter node's slice view, with its choices."""
+        self.volume_geometry(parameters.inputVolume)
+        segmentation = self.ensure_segmentation(parameters)
+        return self.prepare_everything(
+            parameters.inputVolume,
+            segmentation,
+            self.slice_node_for(parameters, last_slice_node_id),
+            parameters=self.everything_parameters_of(parameters),
+            modality=parameters.modality,
+            window=self.window_of(parameters),
+            server_url=server_url,
+            force_upload=force_upload,
         )
 
     def segment_with_parameters(
@@ -450,11 +574,30 @@ class MedSAMLogic(ScriptedLoadableModuleLogic):
         the segment written becomes the parameter node's segment (the next action goes there)."""
         request = self.prepare_from_parameters(parameters, action, server_url, last_slice_node_id)
         try:
-            labels = self.run(client, request, progress, cancel)
+            answer = self.run_result(client, request, progress, cancel)
         except SessionLost:
             request = self.prepare_from_parameters(parameters, action, server_url, last_slice_node_id, force_upload=True)
-            labels = self.run(client, request, progress, cancel)
-        return self.apply(request, labels, parameters)
+            answer = self.run_result(client, request, progress, cancel)
+        return self.apply(request, answer, parameters)
+
+    def segment_everything_with_parameters(
+        self,
+        client,
+        parameters: MedSAMParameterNode,
+        server_url: str = DEFAULT_SERVER_URL,
+        last_slice_node_id: Optional[str] = None,
+        progress=None,
+        cancel=None,
+    ) -> "EverythingApplied":
+        """What the panel's "Segment everything" does, in one blocking call: the slice in the parameter node's
+        slice view, its SAM parameters, one segment per mask in its segmentation, one undo step."""
+        request = self.prepare_everything_from_parameters(parameters, server_url, last_slice_node_id)
+        try:
+            result = self.run_everything(client, request, progress, cancel)
+        except SessionLost:
+            request = self.prepare_everything_from_parameters(parameters, server_url, last_slice_node_id, force_upload=True)
+            result = self.run_everything(client, request, progress, cancel)
+        return self.apply_everything(request, result)
 
     # -- connecting ------------------------------------------------------------------------
 
@@ -572,6 +715,8 @@ class MedSAMLogic(ScriptedLoadableModuleLogic):
         exclude_points_node=None,
         server_url: str = DEFAULT_SERVER_URL,
         force_upload: bool = False,
+        multimask: bool = False,
+        refine: bool = False,
     ) -> SegmentRequest:
         """Check the inputs and compute the voxel box; raise MedSAMError with advice when they don't fit.
 
@@ -581,6 +726,12 @@ class MedSAMLogic(ScriptedLoadableModuleLogic):
         created when the result is applied. ``merge`` is ``replace`` (the box's slices become the
         result) or ``add``. Raises :class:`consent.ConsentRequired` when the user has not agreed
         to send images to ``server_url``.
+
+        ``multimask``: SAM proposes three masks per slice, the server keeps the one of highest predicted IoU.
+        ``refine``: the segment ``segment_id`` on the segmented slices goes with the box and points as the mask
+        prompt (SAM's dense prompt), and the result is written back into it. Without a box (no ROI, or one
+        not placed yet) the box is the segment's tight box: on the slice in view for ``action="slice"``, over
+        all its slices for ``"3d"``.
         """
         if action not in (ACTION_SLICE, ACTION_3D):
             raise ValueError(f"action must be {ACTION_SLICE!r} or {ACTION_3D!r}, got {action!r}")
@@ -594,23 +745,23 @@ class MedSAMLogic(ScriptedLoadableModuleLogic):
             window = options.normalize_window(modality, window)
         except ValueError as error:
             raise MedSAMError(str(error)[:1].upper() + str(error)[1:] + ".") from None
+        if refine and not segment_id:
+            raise MedSAMError("Choose the segment to refine (Segment), or turn 'Refine the segment' off.")
         try:
             axis, _ = geometry.view_axis(self._slice_to_ras(slice_view), self.max_oblique_degrees, self.oblique_views)
             voxel_axis = geometry.slicing_voxel_axis(ijk_to_ras, axis)
-            box = self._box_for_action(action, roi_node, slice_view, ijk_to_ras, shape_ijk, axis, voxel_axis, volume_node)
+            if refine and not self._is_placed(roi_node):
+                box = self._segment_box(action, segmentation_node, segment_id, volume_node, slice_view, axis, voxel_axis)
+            else:
+                box = self._box_for_action(action, roi_node, slice_view, ijk_to_ras, shape_ijk, axis, voxel_axis, volume_node)
         except geometry.GeometryError as error:
             raise MedSAMError(str(error)[:1].upper() + str(error)[1:] + ".") from None
         slice_range = geometry.box_slice_range(box, voxel_axis)
         points = self.prompt_points(include_points_node, exclude_points_node, ijk_to_ras, shape_ijk, slice_range, voxel_axis)
-        # Checked here, on the main thread: the store reads Qt settings, which the worker must not touch.
-        self.consent.require(server_url)
-        key = self._session_key(server_url, volume_node, ijk_to_ras, modality, window)
-        with self._sessions_lock:
-            if force_upload:
-                self._sessions.pop(key, None)
-            needs_upload = key not in self._sessions
-        # A copy: the user may edit the volume while the upload runs in another thread.
-        volume_array = np.array(slicer.util.arrayFromVolume(volume_node), copy=True) if needs_upload else None
+        mask_prompt = None
+        if refine:
+            mask_prompt = self._segment_mask_prompt(segmentation_node, segment_id, volume_node, axis, voxel_axis, slice_range)
+        key, volume_array, revocations = self._upload_state(server_url, volume_node, ijk_to_ras, modality, window, force_upload)
         return SegmentRequest(
             action=action,
             volume_node_id=volume_node.GetID(),
@@ -630,8 +781,148 @@ class MedSAMLogic(ScriptedLoadableModuleLogic):
             server_url=server_url,
             session_key=key,
             volume_array=volume_array,
-            consent_revocations=self.consent.revocation_count(server_url),
+            consent_revocations=revocations,
+            multimask=bool(multimask),
+            mask_prompt=mask_prompt,
         )
+
+    def _upload_state(self, server_url, volume_node, ijk_to_ras, modality, window, force_upload):
+        """``(session key, volume copy or None, consent revocation count)`` of a request: the copy is made only
+        when the server has no upload of this volume, as it is now, with this intensity choice.
+
+        Raises :class:`consent.ConsentRequired` when the user has not agreed to send images to ``server_url``.
+        """
+        # Checked here, on the main thread: the store reads Qt settings, which the worker must not touch.
+        self.consent.require(server_url)
+        key = self._session_key(server_url, volume_node, ijk_to_ras, modality, window)
+        with self._sessions_lock:
+            if force_upload:
+                self._sessions.pop(key, None)
+            needs_upload = key not in self._sessions
+        # A copy: the user may edit the volume while the upload runs in another thread.
+        volume_array = np.array(slicer.util.arrayFromVolume(volume_node), copy=True) if needs_upload else None
+        return key, volume_array, self.consent.revocation_count(server_url)
+
+    @staticmethod
+    def _is_placed(roi_node) -> bool:
+        return roi_node is not None and roi_node.GetNumberOfControlPoints() > 0
+
+    def _segment_box(self, action, segmentation_node, segment_id, volume_node, slice_view, axis, voxel_axis):
+        """The tight IJK box of the segment: on the slice in view (``slice``) or over all its slices (``3d``)."""
+        from MedSAMLib.client import MaskPrompt
+
+        ijk_to_ras, shape_ijk = self.volume_geometry(volume_node)
+        mask = self.read_segment(segmentation_node, segment_id, volume_node)
+        name = segmentation_node.GetSegmentation().GetSegment(segment_id).GetName()
+        where = f"'{name}' has no voxels"
+        if action == ACTION_SLICE:
+            index = geometry.slice_index_at(self._slice_to_ras(slice_view)[:3, 3], ijk_to_ras, shape_ijk, voxel_axis)
+            if index is None:
+                raise MedSAMError(f"The slice view shows no slice of '{_node_name(volume_node)}'; scroll to one of its slices.")
+            only = np.zeros_like(mask)
+            region = geometry.slab(voxel_axis, index, index)
+            only[region] = mask[region]
+            mask, where = only, f"{where} on {axis} slice {index}"
+        if not mask.any():
+            raise MedSAMError(f"Draw a box: {where} to take a box from.")
+        prompt = MaskPrompt.cropped(mask)
+        low = [int(v) for v in prompt.offset_ijk]
+        high = [low[d] + prompt.labels.shape[2 - d] - 1 for d in range(3)]
+        return (*low, *high)
+
+    def _segment_mask_prompt(self, segmentation_node, segment_id, volume_node, axis, voxel_axis, slice_range):
+        """The segment on slices ``slice_range`` as a MaskPrompt, cut to its tight block; MedSAMError when it has no
+        voxel there (there is nothing to refine)."""
+        from MedSAMLib.client import MaskPrompt
+
+        mask = self.read_segment(segmentation_node, segment_id, volume_node)
+        region = geometry.slab(voxel_axis, *slice_range)
+        on_slices = np.zeros_like(mask)
+        on_slices[region] = mask[region]
+        if not on_slices.any():
+            first, last = slice_range
+            where = f"{axis} slice {first}" if first == last else f"{axis} slices {first}-{last}"
+            name = segmentation_node.GetSegmentation().GetSegment(segment_id).GetName()
+            raise MedSAMError(f"'{name}' has no voxels on {where}: there is nothing to refine there.")
+        return MaskPrompt.cropped(on_slices)
+
+    def prepare_everything(
+        self,
+        volume_node,
+        segmentation_node,
+        slice_view=None,
+        axis: Optional[str] = None,
+        slice_index: Optional[int] = None,
+        parameters: Optional[Dict[str, object]] = None,
+        modality: str = "ct",
+        window: Any = "abdomen",
+        server_url: str = DEFAULT_SERVER_URL,
+        force_upload: bool = False,
+    ) -> EverythingRequest:
+        """Check the inputs of "Segment everything" on one slice; raise MedSAMError with advice when they don't fit.
+
+        The slice is the one shown in ``slice_view`` (a slice node, or its 4x4 SliceToRAS): its orientation gives
+        the axis and its position the slice; or give ``axis`` and ``slice_index`` (the voxel index along the voxel
+        axis the server cuts that axis across). ``parameters``: SAM's automatic-mask parameters by SAM's names,
+        and the medical filters ``min_area_mm2`` and ``max_area_fraction`` (:func:`everything.check_parameters`).
+        Raises :class:`consent.ConsentRequired` when the user has not agreed to send images to ``server_url``.
+        """
+        server_url = consent.normalize_server_url(server_url)
+        ijk_to_ras, shape_ijk = self.volume_geometry(volume_node)
+        self._check_segmentation(segmentation_node, volume_node, None, EVERYTHING_SEGMENT_BASE_NAME)
+        modality = str(modality).strip().lower()
+        try:
+            checked = everything.check_parameters(parameters)
+        except ValueError as error:  # the message starts with the parameter's name: keep its case
+            raise MedSAMError(f"Segment everything: {error}.") from None
+        try:
+            window = options.normalize_window(modality, window)
+            axis, voxel_axis, index = self._everything_slice(volume_node, slice_view, axis, slice_index, ijk_to_ras, shape_ijk)
+        except ValueError as error:  # GeometryError included
+            raise MedSAMError(str(error)[:1].upper() + str(error)[1:] + ".") from None
+        key, volume_array, revocations = self._upload_state(server_url, volume_node, ijk_to_ras, modality, window, force_upload)
+        return EverythingRequest(
+            volume_node_id=volume_node.GetID(),
+            segmentation_node_id=segmentation_node.GetID(),
+            shape_kji=(shape_ijk[2], shape_ijk[1], shape_ijk[0]),
+            ijk_to_ras=ijk_to_ras,
+            axis=axis,
+            voxel_axis=voxel_axis,
+            slice_index=index,
+            parameters=checked,
+            modality=modality,
+            window=window,
+            server_url=server_url,
+            session_key=key,
+            volume_array=volume_array,
+            consent_revocations=revocations,
+        )
+
+    def _everything_slice(self, volume_node, slice_view, axis, slice_index, ijk_to_ras, shape_ijk) -> Tuple[str, int, int]:
+        """``(axis, voxel axis, slice index)`` of the slice in ``slice_view``, or of ``axis`` and ``slice_index``.
+
+        A slice node's SliceToRAS translation is a point of the plane it shows: vtkMRMLSliceNode::GetSliceOffset
+        reads the offset from that column (Libs/MRML/Core/vtkMRMLSliceNode.cxx, Slicer 5.6-5.10), which is what
+        moving the slice slider changes; the nearest voxel slice to that point is the one in view.
+        """
+        if slice_view is not None:
+            if axis is not None or slice_index is not None:
+                raise ValueError("give the slice view, or the axis and the slice index, not both")
+            slice_to_ras = self._slice_to_ras(slice_view)
+            axis, _ = geometry.view_axis(slice_to_ras, self.max_oblique_degrees, self.oblique_views)
+            voxel_axis = geometry.slicing_voxel_axis(ijk_to_ras, axis)
+            index = geometry.slice_index_at(slice_to_ras[:3, 3], ijk_to_ras, shape_ijk, voxel_axis)
+            if index is None:
+                raise ValueError(f"the slice view shows no slice of '{_node_name(volume_node)}'; scroll to a slice of the image")
+            return axis, voxel_axis, index
+        if axis is None or slice_index is None:
+            raise ValueError("pick a slice view (or give an axis and a slice index) for the slice to segment")
+        axis = geometry.parse_axis(axis)
+        voxel_axis = geometry.slicing_voxel_axis(ijk_to_ras, axis)
+        index = int(slice_index)
+        if not 0 <= index < shape_ijk[voxel_axis]:
+            raise ValueError(f"{axis} slice {index} is outside '{_node_name(volume_node)}' (0..{shape_ijk[voxel_axis] - 1})")
+        return axis, voxel_axis, index
 
     def _check_segmentation(self, segmentation_node, volume_node, segment_id, new_segment_name) -> None:
         if segmentation_node is None:
@@ -720,10 +1011,20 @@ class MedSAMLogic(ScriptedLoadableModuleLogic):
         Touches no MRML node and no Qt object, so it may run in a worker thread. Raises
         :class:`SessionLost` when the server forgot the upload (prepare again with ``force_upload=True``).
         """
-        self._check_consent_still_given(request)
-        session_id = self._session_for(client, request)
-        try:
-            labels = client.segment(
+        return self.run_result(client, request, progress, cancel).labels
+
+    def run_result(
+        self,
+        client,
+        request: SegmentRequest,
+        progress: Optional[Callable[[int, int], None]] = None,
+        cancel: Optional[Callable[[], bool]] = None,
+    ):
+        """:meth:`run`, returning the client's SegmentAnswer: the labels and the network's IoU scores per slice."""
+        answer = self._in_session(
+            client,
+            request,
+            lambda session_id: client.segment_result(
                 session_id,
                 request.box_ijk,
                 axis=request.axis,
@@ -731,20 +1032,62 @@ class MedSAMLogic(ScriptedLoadableModuleLogic):
                 points=request.points or None,
                 progress=progress,
                 cancel=cancel,
+                multimask=request.multimask,
+                mask_prompt=request.mask_prompt,
+            ),
+        )
+        labels = np.asarray(answer.labels)
+        if labels.shape != tuple(request.shape_kji):
+            raise MedSAMError(
+                f"The server returned labels of shape {labels.shape} for a volume of shape "
+                f"{tuple(request.shape_kji)} (K, J, I); is it a compatible medsam version?"
             )
+        return answer
+
+    def run_everything(
+        self,
+        client,
+        request: "EverythingRequest",
+        progress: Optional[Callable[[int, int], None]] = None,
+        cancel: Optional[Callable[[], bool]] = None,
+    ) -> everything.EverythingResult:
+        """Upload the volume if needed, then have the server find SAM's masks on the slice; any thread (no MRML).
+
+        Raises :class:`SessionLost` when the server forgot the upload, MedSAMError when its answer is not the
+        asked slice (nothing of it is written then).
+        """
+        ijk = request.focus_ijk()  # any voxel of the slice names it; IJK, so no display-order convention is involved
+        result = self._in_session(
+            client,
+            request,
+            lambda session_id: client.segment_everything(
+                session_id,
+                request.axis,
+                ijk=ijk,
+                parameters=request.parameters,
+                progress=progress,
+                cancel=cancel,
+            ),
+        )
+        try:
+            everything.check_result(result, request.shape_kji[::-1], request.voxel_axis, request.slice_index)
+        except ValueError as error:
+            raise MedSAMError(f"{str(error)[:1].upper()}{str(error)[1:]}; is it a compatible medsam version?") from None
+        return result
+
+    def _in_session(self, client, request, call: Callable[[str], Any]):
+        """``call(session id)`` on the request's upload (made first when the server has none); SessionLost when
+        the server forgot it (the upload is forgotten here too, so that the next prepare uploads again)."""
+        self._check_consent_still_given(request)
+        session_id = self._session_for(client, request)
+        try:
+            return call(session_id)
         except Exception as error:
             if _is_session_lost(error):
                 with self._sessions_lock:
                     self._sessions.pop(request.session_key, None)
                 raise SessionLost("The server no longer has the image (it restarted or the session expired).") from error
             raise
-        labels = np.asarray(labels)
-        if labels.shape != tuple(request.shape_kji):
-            raise MedSAMError(
-                f"The server returned labels of shape {labels.shape} for a volume of shape "
-                f"{tuple(request.shape_kji)} (K, J, I); is it a compatible medsam version?"
-            )
-        return labels
 
     def _check_consent_still_given(self, request: SegmentRequest) -> None:
         """Refuse a request that prepare() did not clear, or whose consent was withdrawn since.
@@ -756,16 +1099,16 @@ class MedSAMLogic(ScriptedLoadableModuleLogic):
         if request.consent_revocations is None or revocations != request.consent_revocations:
             raise consent.ConsentRequired(request.server_url)
 
-    def _session_for(self, client, request: SegmentRequest) -> str:
+    def _session_for(self, client, request) -> str:
+        """The server's session of the request's volume (a SegmentRequest or an EverythingRequest)."""
         with self._sessions_lock:
             known = self._sessions.get(request.session_key)
         if known is not None:
             return known[0]
         if request.volume_array is None:
             raise SessionLost("The image must be uploaded again.")
-        # The server encodes the slices around the box first, while the user waits anyway.
-        box = np.asarray(request.box_ijk)
-        focus = [int(v) for v in (box[:3] + box[3:]) // 2]
+        # The server encodes the slices around the box (the slice) first, while the user waits anyway.
+        focus = request.focus_ijk()
         session_id = client.create_session(
             request.volume_array,
             request.ijk_to_ras,
@@ -795,18 +1138,16 @@ class MedSAMLogic(ScriptedLoadableModuleLogic):
 
     # -- step 3: apply (main thread) ---------------------------------------------------------
 
-    def apply(self, request: SegmentRequest, labels: np.ndarray, parameters: Optional[MedSAMParameterNode] = None) -> ApplyResult:
+    def apply(self, request: SegmentRequest, labels, parameters: Optional[MedSAMParameterNode] = None) -> ApplyResult:
         """Write ``labels`` into the target segment as one undoable step; the segment is untouched on error.
 
-        With ``parameters``, the segment written becomes the parameter node's segment (later actions go there).
+        ``labels``: what :meth:`run` returns (uint8 [k, j, i]), or :meth:`run_result`'s answer (its IoU scores
+        then show in the summary). With ``parameters``, the segment written becomes the parameter node's segment
+        (later actions go there).
         """
-        volume_node = self.scene.GetNodeByID(request.volume_node_id)
-        segmentation_node = self.scene.GetNodeByID(request.segmentation_node_id)
-        if volume_node is None or segmentation_node is None:
-            raise MedSAMError("The volume or the segmentation was removed while segmenting; nothing was written.")
-        _, shape_ijk = self.volume_geometry(volume_node)
-        if (shape_ijk[2], shape_ijk[1], shape_ijk[0]) != tuple(request.shape_kji):
-            raise MedSAMError(f"'{_node_name(volume_node)}' changed size while segmenting; nothing was written.")
+        key_iou = labels.kept_iou() if hasattr(labels, "kept_iou") else None
+        labels = labels.labels if hasattr(labels, "labels") else labels
+        volume_node, segmentation_node = self._nodes_still_there(request)
         ensure_display_nodes(segmentation_node)
         segment_id, created = self._target_segment(segmentation_node, volume_node, request)
         try:
@@ -841,7 +1182,71 @@ class MedSAMLogic(ScriptedLoadableModuleLogic):
             last_slice=request.slice_range[1],
             voxels_on_slices=int(merged[region].sum()),
             changed_voxels=int((merged[region] != current[region]).sum()),
+            key_iou=key_iou,
         )
+
+    def _nodes_still_there(self, request):
+        """The request's volume and segmentation nodes; MedSAMError when one was removed or the volume resized."""
+        volume_node = self.scene.GetNodeByID(request.volume_node_id)
+        segmentation_node = self.scene.GetNodeByID(request.segmentation_node_id)
+        if volume_node is None or segmentation_node is None:
+            raise MedSAMError("The volume or the segmentation was removed while segmenting; nothing was written.")
+        _, shape_ijk = self.volume_geometry(volume_node)
+        if (shape_ijk[2], shape_ijk[1], shape_ijk[0]) != tuple(request.shape_kji):
+            raise MedSAMError(f"'{_node_name(volume_node)}' changed size while segmenting; nothing was written.")
+        return volume_node, segmentation_node
+
+    def apply_everything(self, request: EverythingRequest, result: everything.EverythingResult) -> EverythingApplied:
+        """Add one segment per mask visible on the slice ("Mask 3 (IoU 0.93)"), all undone as one step (main thread).
+
+        The label block becomes the segments in one import: vtkSlicerSegmentationsModuleLogic::
+        ImportLabelmapToSegmentationNode(vtkOrientedImageData*, ...) (Modules/Loadable/Segmentations/Logic,
+        Slicer 5.6-5.10) adds a segment per label value found, keeps that value as the segment's label value
+        (SetLabelValue) and gives all of them the one imported image, cut to its non-zero extent, as their
+        shared labelmap layer, with generated colours; its names ("Mask_1"...) are replaced by ours, found by
+        label value. On an error no segment is left behind.
+        """
+        volume_node, segmentation_node = self._nodes_still_there(request)
+        ensure_display_nodes(segmentation_node)
+        records = result.records_by_label()
+        labels = result.visible_labels()
+        description = request.describe()
+        if not labels:
+            return EverythingApplied([], [], request.axis, request.slice_index, len(records), result.generated)
+        self._ensure_reference_geometry(segmentation_node, volume_node)
+        segmentation = segmentation_node.GetSegmentation()
+        before = {segmentation.GetNthSegmentID(n) for n in range(segmentation.GetNumberOfSegments())}
+        image = self._oriented_image(volume_node, allocate=False, extent=result.extent())
+        image.AllocateScalars(vtk.VTK_UNSIGNED_SHORT, 1)
+        numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] = np.ascontiguousarray(result.labels).ravel()
+        image.Modified()
+        added: List[str] = []
+        try:
+            imported = slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(
+                image, segmentation_node, EVERYTHING_SEGMENT_BASE_NAME, ""
+            )
+            added = [
+                segmentation.GetNthSegmentID(n)
+                for n in range(segmentation.GetNumberOfSegments())
+                if segmentation.GetNthSegmentID(n) not in before
+            ]
+            if not imported or sorted(segmentation.GetSegment(i).GetLabelValue() for i in added) != labels:
+                raise MedSAMError(f"Could not add the masks to '{_node_name(segmentation_node)}' as segments.")
+            added.sort(key=lambda segment_id: segmentation.GetSegment(segment_id).GetLabelValue())
+            names = []
+            for segment_id in added:
+                segment = segmentation.GetSegment(segment_id)
+                record = records[segment.GetLabelValue()]
+                segment.SetName(everything.segment_name(segment.GetLabelValue(), float(record.get("predicted_iou", 0.0))))  # type: ignore[arg-type]
+                names.append(segment.GetName())
+        except Exception:
+            for segment_id in added:
+                segmentation.RemoveSegment(segment_id)
+            raise
+        made = [(segmentation_node.GetID(), segment_id, volume_node.GetID()) for segment_id in added]
+        entries = [undo.UndoEntry.created(description, *ids) for ids in made]
+        self.undo_stack.push(undo.UndoGroup.of(description, entries))
+        return EverythingApplied(added, names, request.axis, request.slice_index, len(records), result.generated)
 
     def _target_segment(self, segmentation_node, volume_node, request) -> Tuple[str, bool]:
         segmentation = segmentation_node.GetSegmentation()
@@ -849,15 +1254,19 @@ class MedSAMLogic(ScriptedLoadableModuleLogic):
             if segmentation.GetSegment(request.segment_id) is None:
                 raise MedSAMError("The segment to write into was deleted while segmenting; nothing was written.")
             return request.segment_id, False
-        if segmentation.GetNumberOfSegments() == 0 and not segmentation_node.GetNodeReference(
-            slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole()
-        ):
-            # A fresh segmentation takes the volume's grid, so voxels map one to one.
-            segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
+        self._ensure_reference_geometry(segmentation_node, volume_node)
         segment_id = segmentation.AddEmptySegment("", request.new_segment_name)
         if not segment_id:
             raise MedSAMError(f"Could not add a segment to '{_node_name(segmentation_node)}'.")
         return segment_id, True
+
+    @staticmethod
+    def _ensure_reference_geometry(segmentation_node, volume_node) -> None:
+        """A fresh segmentation (no segment, no reference geometry yet) takes the volume's grid, so voxels map one to one."""
+        if segmentation_node.GetSegmentation().GetNumberOfSegments() == 0 and not segmentation_node.GetNodeReference(
+            slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole()
+        ):
+            segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
 
     def read_segment(self, segmentation_node, segment_id: str, volume_node) -> np.ndarray:
         """The segment on the volume's voxel grid as uint8 0/1, indexed [k, j, i]."""
@@ -935,10 +1344,29 @@ class MedSAMLogic(ScriptedLoadableModuleLogic):
         return len(self.undo_stack) > 0
 
     def undo(self) -> Optional[str]:
-        """Put the segment of the last action back as it was; returns what was undone (None: nothing)."""
-        entry = self.undo_stack.pop()
-        if entry is None:
+        """Put the segment of the last action back as it was; returns what was undone (None: nothing).
+
+        The last action is one step however many segments it touched: "Segment everything" is undone by
+        removing all the segments it made (those deleted meanwhile are gone already). The MRML scene's own undo
+        is off by default (vtkMRMLScene's constructor sets UndoFlag false; Libs/MRML/Core/vtkMRMLScene.cxx, Slicer
+        5.6-5.10) and the Segment Editor keeps its own history (vtkSegmentationHistory), so MedSAM keeps this one
+        (MedSAMLib/undo.py).
+        """
+        step = self.undo_stack.pop()
+        if step is None:
             return None
+        if isinstance(step, undo.UndoGroup):
+            segmentation_node = self.scene.GetNodeByID(step.segmentation_node_id)
+            if segmentation_node is None:
+                raise MedSAMError(f"Cannot undo '{step.description}': its segmentation was removed.")
+            for entry in reversed(step.entries):
+                if entry.created_segment and segmentation_node.GetSegmentation().GetSegment(entry.segment_id) is None:
+                    continue  # a segment it made, deleted since: as undoing would leave it
+                self._undo_entry(entry)
+            return step.description
+        return self._undo_entry(step)
+
+    def _undo_entry(self, entry: undo.UndoEntry) -> str:
         segmentation_node = self.scene.GetNodeByID(entry.segmentation_node_id)
         if segmentation_node is None or segmentation_node.GetSegmentation().GetSegment(entry.segment_id) is None:
             raise MedSAMError(f"Cannot undo '{entry.description}': its segment was deleted.")
@@ -973,13 +1401,81 @@ class MedSAMLogic(ScriptedLoadableModuleLogic):
         """:meth:`prepare`, :meth:`run` and :meth:`apply` in one blocking call (scripts, tests)."""
         request = self.prepare(volume_node, segmentation_node, roi_node, slice_view, action, **prepare_options)
         try:
-            labels = self.run(client, request, progress, cancel)
+            answer = self.run_result(client, request, progress, cancel)
         except SessionLost:
             request = self.prepare(
                 volume_node, segmentation_node, roi_node, slice_view, action, force_upload=True, **prepare_options
             )
-            labels = self.run(client, request, progress, cancel)
-        return self.apply(request, labels)
+            answer = self.run_result(client, request, progress, cancel)
+        return self.apply(request, answer)
+
+    def refineSegment(
+        self,
+        client,
+        volume_node,
+        segmentation_node,
+        segment_id: str,
+        roi_node=None,
+        slice_view=None,
+        action: str = ACTION_SLICE,
+        progress=None,
+        cancel=None,
+        **prepare_options,
+    ) -> ApplyResult:
+        """Refine segment ``segment_id``: it goes to the server as the mask prompt (with the box, if one is placed,
+        and the points), and the result replaces it on the segmented slices (one undo step).
+
+        Without a placed box the segment's own tight box is the box prompt: on the slice in ``slice_view`` for
+        ``action="slice"``, over all its slices for ``"3d"``. ``multimask=True`` (a prepare option) keeps the best
+        of SAM's three masks on each slice.
+        """
+        prepare_options.setdefault("merge", "replace")
+        return self.segment(
+            client,
+            volume_node,
+            segmentation_node,
+            roi_node,
+            slice_view,
+            action,
+            progress,
+            cancel,
+            segment_id=segment_id,
+            refine=True,
+            **prepare_options,
+        )
+
+    def segmentEverything(
+        self,
+        client,
+        volume_node,
+        segmentation_node,
+        slice_view=None,
+        axis: Optional[str] = None,
+        slice_index: Optional[int] = None,
+        parameters: Optional[Dict[str, object]] = None,
+        progress=None,
+        cancel=None,
+        **prepare_options,
+    ) -> EverythingApplied:
+        """SAM's automatic masks on one slice, one new segment per mask ("Mask 3 (IoU 0.93)"), one undo step.
+
+        The slice: the one shown in ``slice_view`` (a slice node or its SliceToRAS), or ``axis`` and ``slice_index``
+        (voxel index along the voxel axis the server cuts that axis across). ``parameters``: SAM's names
+        (points_per_side, pred_iou_thresh, ...) and ``min_area_mm2``, ``max_area_fraction``. :meth:`prepare_everything`,
+        :meth:`run_everything` and :meth:`apply_everything` in one blocking call (scripts, tests).
+        """
+        request = self.prepare_everything(
+            volume_node, segmentation_node, slice_view, axis, slice_index, parameters, **prepare_options
+        )
+        try:
+            result = self.run_everything(client, request, progress, cancel)
+        except SessionLost:
+            prepare_options["force_upload"] = True
+            request = self.prepare_everything(
+                volume_node, segmentation_node, slice_view, axis, slice_index, parameters, **prepare_options
+            )
+            result = self.run_everything(client, request, progress, cancel)
+        return self.apply_everything(request, result)
 
 
 #
@@ -1247,11 +1743,18 @@ class MedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.deviceComboBox.clear()
         for name in ("cpu", "cuda"):
             self.ui.deviceComboBox.addItem(name, name)
+        self.ui.preprocessingComboBox.clear()
+        self.ui.preprocessingComboBox.addItem("Follow the checkpoint", "")  # nothing passed: the server chooses
+        self.ui.preprocessingComboBox.addItem("MedSAM (stretch to 1024, min-max)", "medsam")
+        self.ui.preprocessingComboBox.addItem("SAM (longest side 1024, mean/std)", "sam")
         self.ui.segmentSliceButton.toolTip = f"Segment the slice in view inside the box ({SHORTCUT_SEGMENT_SLICE})."
         self.ui.segment3DButton.toolTip = (
             f"Segment every slice the box spans along the view's axis, propagating from its middle slice ({SHORTCUT_SEGMENT_3D})."
         )
         self.ui.undoButton.toolTip = "Put the segment back as it was before the last MedSAM action (Ctrl+Z)."
+        self.ui.segmentEverythingButton.toolTip = (
+            "One new segment per mask SAM finds on the slice in view of the slice view above; Undo removes them all."
+        )
 
     def _restore_settings(self):
         """The application settings (this computer's and user's, see the class docstring)."""
@@ -1261,6 +1764,7 @@ class MedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.portSpinBox.value = int(settings_value("ServerPort", server_process.DEFAULT_PORT))
         self._select_data(self.ui.variantComboBox, settings_value("ServerVariant", "vit_b"))
         self._select_data(self.ui.deviceComboBox, settings_value("ServerDevice", "cpu"))
+        self._select_data(self.ui.preprocessingComboBox, settings_value("ServerPreprocessing", ""))
 
     def _save_settings(self):
         set_settings_value("ServerURL", self.ui.serverUrlLineEdit.text.strip())
@@ -1269,6 +1773,7 @@ class MedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         set_settings_value("ServerPort", int(self.ui.portSpinBox.value))
         set_settings_value("ServerVariant", self.ui.variantComboBox.currentData)
         set_settings_value("ServerDevice", self.ui.deviceComboBox.currentData)
+        set_settings_value("ServerPreprocessing", self.ui.preprocessingComboBox.currentData or "")
         if self._parameterNode:
             # The CT window the user last used; a new scene starts with it (see initializeParameterNode).
             set_settings_value("CTWindow", self._parameterNode.windowPreset)
@@ -1287,6 +1792,7 @@ class MedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.showServerLogButton.connect("clicked(bool)", self.onShowServerLog)
         self.ui.segmentSliceButton.connect("clicked(bool)", self.onSegmentSlice)
         self.ui.segment3DButton.connect("clicked(bool)", self.onSegment3D)
+        self.ui.segmentEverythingButton.connect("clicked(bool)", self.onSegmentEverything)
         self.ui.undoButton.connect("clicked(bool)", self.onUndo)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
 
@@ -1543,7 +2049,7 @@ class MedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._show_error("Cannot segment", error)
             return
         self._save_settings()
-        work = lambda progress, cancelled: self.logic.run(client, request, progress, cancelled)  # noqa: E731
+        work = lambda progress, cancelled: self.logic.run_result(client, request, progress, cancelled)  # noqa: E731
         message = "Uploading the image and segmenting..." if request.volume_array is not None else "Segmenting..."
         # A server that lost the image gets it again, once (a retry that loses it too is an error).
         retry = None if force_upload else (lambda: self._segment(action, force_upload=True))
@@ -1561,6 +2067,46 @@ class MedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # The scene may have been closed meanwhile (the result is discarded then, see _poll_task).
         result = self.logic.apply(request, labels, self._parameterNode)
         self.ui.statusLabel.text = result.summary()
+
+    def onSegmentEverything(self):
+        self._segment_everything()
+
+    def _segment_everything(self, force_upload=False):
+        """Like _segment: prepare here (asking consent before the first upload), run in a task, apply here."""
+        if self._task is not None:
+            return
+        try:
+            if self._parameterNode is None:
+                raise MedSAMError("The scene is being closed.")
+            url, token = self._server()
+            prepare = lambda: self.logic.prepare_everything_from_parameters(  # noqa: E731
+                self._parameterNode, url, self._last_slice_node_id, force_upload
+            )
+            try:
+                request = prepare()
+            except consent.ConsentRequired:
+                if not self._ask_consent(url):
+                    self.ui.statusLabel.text = "Nothing was sent: the image goes to a server only with your agreement."
+                    return
+                request = prepare()
+            client = self.logic.client_for(url, token)
+        except Exception as error:  # noqa: BLE001 - every problem ends in a message box
+            self._show_error("Cannot segment everything", error)
+            return
+        self._save_settings()
+        work = lambda progress, cancelled: self.logic.run_everything(client, request, progress, cancelled)  # noqa: E731
+        upload = "Uploading the image; then " if request.volume_array is not None else ""
+        retry = None if force_upload else (lambda: self._segment_everything(force_upload=True))
+        self._start_task(
+            tasks.BackgroundTask(work, request.describe()),
+            f"{upload}SAM looks for every mask on {request.axis} slice {request.slice_index}...",
+            lambda result: self._finish_everything(request, result),
+            on_session_lost=retry,
+        )
+
+    def _finish_everything(self, request, result):
+        applied = self.logic.apply_everything(request, result)
+        self.ui.statusLabel.text = applied.summary()
 
     def onUndo(self):
         if self._task is not None:
@@ -1615,7 +2161,8 @@ class MedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         )
 
     def _show_health(self, health):
-        details = ", ".join(f"{key} {health[key]}" for key in ("version", "variant", "device", "precision") if key in health)
+        shown = ("version", "variant", "preprocessing", "device", "precision")  # preprocessing: medsam or sam
+        details = ", ".join(f"{key} {health[key]}" for key in shown if key in health)
         self.ui.connectionStatusLabel.text = f"Connected: {details}" if details else "Connected."
         self.ui.statusLabel.text = ""
 
@@ -1627,6 +2174,7 @@ class MedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             checkpoint=self.ui.checkpointPathLineEdit.currentPath.strip() or None,
             device=self.ui.deviceComboBox.currentData,
             token=self.ui.serverTokenLineEdit.text.strip() or None,
+            preprocessing=self.ui.preprocessingComboBox.currentData or None,
         )
 
     def onStartLocalServer(self):
@@ -1748,6 +2296,7 @@ class MedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ready = idle and self._parameterNode is not None and self._parameterNode.inputVolume is not None
         self.ui.segmentSliceButton.enabled = ready
         self.ui.segment3DButton.enabled = ready
+        self.ui.segmentEverythingButton.enabled = ready
         self.ui.undoButton.enabled = idle and self.logic.can_undo()
         self.ui.testConnectionButton.enabled = idle
         self.ui.startServerButton.enabled = idle
@@ -1770,7 +2319,8 @@ class MedSAMTest(ScriptedLoadableModuleTest):
 
     Checks that a box drawn in RAS lands on the same physical voxels for a volume stored RAS, LPS
     and with permuted axes, that 'replace' and 'add' merge as documented, that undo restores the
-    segment, and that the parameter node's choices drive a segmentation. Set
+    segment, that the parameter node's choices drive a segmentation, and that "Segment everything"
+    adds one segment per mask, undone in one step. Set
     MEDSAM_TEST_SERVER=http://host:port to also segment with a real server.
     """
 
@@ -1786,6 +2336,8 @@ class MedSAMTest(ScriptedLoadableModuleTest):
         self.test_merge_modes_and_undo()
         self.setUp()
         self.test_parameter_node_drives_a_segmentation()
+        self.setUp()
+        self.test_segment_everything_is_one_undo_step()
         if os.environ.get("MEDSAM_TEST_SERVER"):
             self.setUp()
             self.test_real_server()
@@ -1917,6 +2469,27 @@ class MedSAMTest(ScriptedLoadableModuleTest):
         self.assertEqual(second.segment_id, first.segment_id)
         self.assertEqual(parameters.segmentation.GetSegmentation().GetNumberOfSegments(), 1)
         self.delayDisplay(second.summary())
+
+    def test_segment_everything_is_one_undo_step(self):
+        from MedSAMLib.testing import ThresholdClient, axial_slice_to_ras
+
+        self.delayDisplay("Segment everything: one segment per mask, one undo step")
+        scene = self._scene()
+        logic = MedSAMLogic(scene, consent.ConsentStore.in_memory())
+        logic.consent.grant(DEFAULT_SERVER_URL)
+        volume = self._add_phantom(scene, "permuted")
+        segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+        client = ThresholdClient(threshold=100.0)  # a stub: its masks are the body (above -500) and the organ
+        applied = logic.segmentEverything(client, volume, segmentation, axial_slice_to_ras(), server_url=DEFAULT_SERVER_URL)
+        self.assertEqual(applied.segment_names, ["Mask 1 (IoU 0.90)", "Mask 2 (IoU 0.80)"])
+        organ = logic.read_segment(segmentation, applied.segment_ids[1], volume)
+        image = slicer.util.arrayFromVolume(volume)
+        self.assertGreater(int(organ.sum()), 0)
+        self.assertTrue(np.all(image[organ > 0] > 100))
+        self.assertEqual(len(logic.undo_stack), 1)
+        logic.undo()
+        self.assertEqual(segmentation.GetSegmentation().GetNumberOfSegments(), 0)
+        self.delayDisplay(applied.summary())
 
     def test_real_server(self):
         # slicer_add_python_unittest runs every test_* method (slicer.testing.runUnitTest loads the module's

@@ -1,1 +1,2 @@
-"""One router per resource: ``health`` and ``sessions`` (with their segmentations and jobs)."""
+"""One router per resource: ``health``, ``sessions`` (with their segmentations and jobs) and
+``everything`` (a session's automatic-mask jobs)."""

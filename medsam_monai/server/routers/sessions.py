@@ -30,9 +30,10 @@ def server(request: Request, credentials: HTTPAuthorizationCredentials | None = 
     return state
 
 
-_ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 404, 408, 413, 422, 429, 503)}
+# The error answers every session route documents (the everything router shares them).
+ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 404, 408, 413, 422, 429, 503)}
 
-router = APIRouter(prefix="/sessions", tags=["sessions"], responses=_ERRORS)
+router = APIRouter(prefix="/sessions", tags=["sessions"], responses=ERRORS)
 
 
 # The upload's body as the OpenAPI schema shows it (the handler parses it itself; see above).

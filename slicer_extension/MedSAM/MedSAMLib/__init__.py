@@ -7,6 +7,7 @@
 - ``tasks``: running HTTP work in a thread that the GUI polls.
 - ``options``: CT window presets and modality.
 - ``client``: the HTTP client of ``medsam serve``.
+- ``everything``: SAM's automatic-mask ("Segment everything") parameters, segment names, answer checks.
 - ``testing``: a stand-in client, the self-test's phantom, and stand-ins for the Slicer application's
   ``slicer.ScriptedLoadableModule`` and ``slicer.parameterNodeWrapper`` (used by MedSAM.py under slicer-core).
 """

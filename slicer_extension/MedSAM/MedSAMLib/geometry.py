@@ -1,6 +1,8 @@
 """Voxel geometry for the MedSAM Slicer module, in numpy only (no Slicer, no VTK).
 
-Conventions, the same as the ``medsam`` server's:
+Conventions, the same as the ``medsam`` server's (the matrix checks, RAS <-> IJK conversions,
+RAS boxes and voxel-axis assignment are the protocol's own, in :mod:`MedSAMLib.wire`, which the
+server runs too; this module adds what the Slicer module needs on top of them):
 
 - ``ijk_to_ras`` is the 4x4 matrix from 0-based voxel indices (i, j, k) of voxel *centres* to
   RAS millimetres (3D Slicer's world frame: +x Right, +y Anterior, +z Superior).
@@ -13,10 +15,20 @@ Conventions, the same as the ``medsam`` server's:
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import numpy as np
+
+from .wire import (  # noqa: F401  (re-exported: the module's callers use them from here)
+    GeometryError,
+    check_matrix,
+    check_shape,
+    ijk_to_ras_points,
+    ras_box_to_ijk,
+    ras_to_ijk,
+    volume_ras_bounds,
+    voxel_axis_codes,
+)
 
 AXES = ("axial", "coronal", "sagittal")
 
@@ -27,138 +39,9 @@ SLICING_AXIS_OF_WORLD_AXIS = {world: name for name, world in WORLD_AXIS_OF_SLICI
 
 MERGE_MODES = ("replace", "add")
 
-# Voxel centres tested per step when searching oblique boxes (bounds memory to some 100 MB).
-_CHUNK_POINTS = 1 << 21
-
-
-class GeometryError(ValueError):
-    """A geometry problem the user can fix (a box outside the image, a singular matrix...)."""
-
 
 class ObliqueViewError(GeometryError):
     """The slice view is too far from axial, coronal and sagittal to pick a slicing axis."""
-
-
-def check_matrix(matrix) -> np.ndarray:
-    """``matrix`` as a finite, invertible float (4, 4) array."""
-    m = np.asarray(matrix, dtype=float)
-    if m.shape != (4, 4) or not np.all(np.isfinite(m)):
-        raise GeometryError(f"expected a finite 4x4 matrix, got shape {m.shape}")
-    if abs(np.linalg.det(m[:3, :3])) < 1e-12:
-        raise GeometryError("the IJK-to-RAS matrix is singular: its voxels would lie on a plane")
-    return m
-
-
-def check_shape(shape_ijk) -> tuple[int, int, int]:
-    """``shape_ijk`` as three positive ints."""
-    shape = tuple(int(n) for n in shape_ijk)
-    if len(shape) != 3 or min(shape) < 1:
-        raise GeometryError(f"expected three positive voxel counts (I, J, K), got {tuple(shape_ijk)}")
-    return shape  # type: ignore[return-value]
-
-
-def ras_to_ijk(points_ras, ijk_to_ras) -> np.ndarray:
-    """Continuous voxel indices (N, 3) of RAS points (N, 3)."""
-    inverse = np.linalg.inv(check_matrix(ijk_to_ras))
-    points = np.atleast_2d(np.asarray(points_ras, dtype=float))
-    return points @ inverse[:3, :3].T + inverse[:3, 3]
-
-
-def ijk_to_ras_points(points_ijk, ijk_to_ras) -> np.ndarray:
-    """RAS points (N, 3) of voxel indices (N, 3)."""
-    m = check_matrix(ijk_to_ras)
-    points = np.atleast_2d(np.asarray(points_ijk, dtype=float))
-    return points @ m[:3, :3].T + m[:3, 3]
-
-
-def volume_ras_bounds(ijk_to_ras, shape_ijk) -> tuple[np.ndarray, np.ndarray]:
-    """Smallest and largest RAS coordinates of the volume's voxel centres."""
-    shape = check_shape(shape_ijk)
-    corners = np.array(list(itertools.product(*[(0, n - 1) for n in shape])), dtype=float)
-    ras = ijk_to_ras_points(corners, ijk_to_ras)
-    return ras.min(axis=0), ras.max(axis=0)
-
-
-def _is_axis_aligned(linear: np.ndarray) -> bool:
-    """True when every voxel axis moves along exactly one world axis (flips and permutations)."""
-    scale = float(np.abs(linear).max())
-    return bool(np.all(np.count_nonzero(np.abs(linear) > 1e-12 * scale, axis=0) == 1))
-
-
-def ras_box_to_ijk(ras_min, ras_max, ijk_to_ras, shape_ijk, tolerance: float = 1e-6):
-    """Inclusive IJK box ``(i0, j0, k0, i1, j1, k1)`` of the voxels whose centres lie in an RAS box.
-
-    The RAS box is axis-aligned in RAS, given by two opposite corners in any order; centres on a
-    face (within ``tolerance`` mm) count as inside. The result is clipped to the volume, and is
-    ``None`` when no voxel centre lies inside. For oblique matrices the box is the exact bounding
-    box of the inside centres (not of the RAS box's corners).
-    """
-    m = check_matrix(ijk_to_ras)
-    shape = np.asarray(check_shape(shape_ijk), dtype=np.int64)
-    a = np.asarray(ras_min, dtype=float)
-    b = np.asarray(ras_max, dtype=float)
-    if a.shape != (3,) or b.shape != (3,) or not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
-        raise GeometryError("an RAS box needs two finite 3D corners")
-    low = np.minimum(a, b) - tolerance
-    high = np.maximum(a, b) + tolerance
-    # The RAS box maps to a parallelepiped in index space; its corners' bounding block holds
-    # every inside centre, so only that block needs looking at.
-    corners = np.array(list(itertools.product(*zip(low, high))))
-    corners_ijk = ras_to_ijk(corners, m)
-    start = np.maximum(np.ceil(corners_ijk.min(axis=0) - 1e-9), 0).astype(np.int64)
-    stop = np.minimum(np.floor(corners_ijk.max(axis=0) + 1e-9), shape - 1).astype(np.int64)
-    if np.any(start > stop):
-        return None
-    if _is_axis_aligned(m[:3, :3]):
-        # No rotation: the parallelepiped is an index-aligned box, so the block is exact.
-        return (*(int(v) for v in start), *(int(v) for v in stop))
-    return _inside_bounding_box(m, low, high, start, stop)
-
-
-def _inside_bounding_box(m, low, high, start, stop):
-    """Exact bounding box of the voxel centres of block ``start..stop`` that lie in [low, high]."""
-    # The RAS box is convex: when the block's 8 corner centres are inside, all its centres are.
-    block_corners = np.array(list(itertools.product(*zip(start, stop))), dtype=float)
-    corner_ras = ijk_to_ras_points(block_corners, m)
-    if np.all((corner_ras >= low) & (corner_ras <= high)):
-        return (*(int(v) for v in start), *(int(v) for v in stop))
-    i_values, j_values, k_values = (np.arange(s, e + 1) for s, e in zip(start, stop))
-    used = [np.zeros(len(v), dtype=bool) for v in (i_values, j_values, k_values)]
-    jk_ras = j_values[:, None, None] * m[:3, 1] + k_values[None, :, None] * m[:3, 2] + m[:3, 3]
-    step = max(1, _CHUNK_POINTS // max(1, len(j_values) * len(k_values)))
-    for first in range(0, len(i_values), step):
-        chunk = i_values[first : first + step]
-        ras = chunk[:, None, None, None] * m[:3, 0] + jk_ras[None]
-        inside = np.all((ras >= low) & (ras <= high), axis=-1)
-        used[0][first : first + step] |= inside.any(axis=(1, 2))
-        used[1] |= inside.any(axis=(0, 2))
-        used[2] |= inside.any(axis=(0, 1))
-    if not used[0].any():
-        return None
-    values = (i_values, j_values, k_values)
-    lows = [int(v[np.flatnonzero(u)[0]]) for v, u in zip(values, used)]
-    highs = [int(v[np.flatnonzero(u)[-1]]) for v, u in zip(values, used)]
-    return (*lows, *highs)
-
-
-def voxel_axis_codes(ijk_to_ras) -> list[tuple[int, int]]:
-    """For voxel axes i, j, k: the closest RAS axis (0, 1, 2) and the direction (+1 or -1).
-
-    The same assignment as the server's: the 3x3 part is replaced by its closest rotation (polar
-    decomposition, so spacing and mild shear do not matter), then the largest cosines are taken
-    greedily, which gives every voxel axis a different world axis even when strongly oblique.
-    """
-    m = check_matrix(ijk_to_ras)
-    u, _, vt = np.linalg.svd(m[:3, :3])
-    cosines = u @ vt  # [world, voxel]
-    remaining = np.abs(cosines)
-    codes = [(-1, 0)] * 3
-    for _ in range(3):
-        world, voxel = np.unravel_index(int(np.argmax(remaining)), remaining.shape)
-        codes[int(voxel)] = (int(world), 1 if cosines[world, voxel] > 0 else -1)
-        remaining[world, :] = -1.0
-        remaining[:, voxel] = -1.0
-    return codes
 
 
 def parse_axis(name: str) -> str:

@@ -29,6 +29,9 @@ from typing import Callable, Mapping, Optional, Sequence
 VARIANTS = ("vit_b", "vit_l", "vit_h", "tiny")
 DEFAULT_PORT = 8123  # medsam serve's default
 PRECISIONS = ("fp32", "bf16")
+# The image pipelines ``medsam serve --preprocessing`` takes: MedSAM's (stretch to 1024, min-max) or SAM's
+# (longest side 1024, mean/std, padding). None: pass nothing, and the server follows the checkpoint.
+PREPROCESSINGS = ("medsam", "sam")
 
 # Environment variables through which 3D Slicer's launcher points Python at Slicer's own
 # interpreter and libraries; another Python started with them would load Slicer's modules.
@@ -55,6 +58,7 @@ class ServerSettings:
     device: str = "cpu"
     precision: str = "fp32"
     token: Optional[str] = None
+    preprocessing: Optional[str] = None
     extra_arguments: Sequence[str] = field(default_factory=tuple)
 
     @property
@@ -76,6 +80,10 @@ def check_settings(settings: ServerSettings) -> None:
         raise ServerProcessError(f"model variant {settings.variant!r} is not one of {', '.join(VARIANTS)}")
     if settings.precision not in PRECISIONS:
         raise ServerProcessError(f"precision {settings.precision!r} is not one of {', '.join(PRECISIONS)}")
+    if settings.preprocessing and settings.preprocessing not in PREPROCESSINGS:
+        raise ServerProcessError(
+            f"preprocessing {settings.preprocessing!r} is not one of {', '.join(PREPROCESSINGS)} (or none: follow the checkpoint)"
+        )
     if settings.checkpoint and not Path(settings.checkpoint).exists():
         raise ServerProcessError(f"checkpoint {settings.checkpoint} does not exist")
 
@@ -105,6 +113,8 @@ def serve_command(settings: ServerSettings) -> list[str]:
     ]
     if settings.checkpoint:
         command += ["--checkpoint", str(settings.checkpoint)]
+    if settings.preprocessing:
+        command += ["--preprocessing", settings.preprocessing]
     command += [str(a) for a in settings.extra_arguments]
     return command
 

@@ -3,7 +3,9 @@
 - :class:`ThresholdClient` answers like ``MedSAMClient`` (same methods and arguments) with "masks"
   that are the voxels above a threshold inside the box, on the box's slices along the requested
   axis. It lets the module's self-test and the Logic's tests check where results land, how they
-  merge and how undo restores them, without a server. It is not a segmentation method.
+  merge and how undo restores them, without a server. It is not a segmentation method: it is a stub,
+  and so is its "segment everything" (nested intensity classes of the slice, see
+  :meth:`ThresholdClient.segment_everything`), and its IoU scores are made up (1.0).
 - The phantom (:func:`phantom_array_ras`, :func:`phantom_in_layout`): one generated CT-like image
   stored in several voxel orders, for the module's self-test (MedSAMTest) inside Slicer.
 - Stand-ins for two Python modules of the Slicer application that the ``slicer-core`` package
@@ -48,8 +50,15 @@ class ThresholdClient:
         self.threshold = float(threshold)
         self.fail_on_segment = fail_on_segment
         self.calls: list = []
+        self.options: list = []  # per segment call: {"multimask", "mask_prompt"}
+        self.everything_levels: Tuple[float, ...] = ()
         self._volumes: dict = {}
         self._counter = itertools.count(1)
+
+    def _session(self, session_id: str):
+        if session_id not in self._volumes:
+            raise SessionNotFound(f"server error 404: no session {session_id!r}")
+        return self._volumes[session_id]
 
     def health(self) -> dict:
         self.calls.append(("health",))
@@ -70,14 +79,16 @@ class ThresholdClient:
         points=None,
         progress: Optional[Callable[[int, int], None]] = None,
         cancel: Optional[Callable[[], bool]] = None,
+        multimask: bool = False,
+        mask_prompt=None,
         **_ignored,
     ) -> np.ndarray:
         self.calls.append(("segment", session_id, tuple(int(v) for v in box_ijk), axis, propagate, points))
+        # What the real client would send besides (a MaskPrompt's labels, offset and value), for the tests to check.
+        self.options.append({"multimask": bool(multimask), "mask_prompt": mask_prompt})
         if self.fail_on_segment is not None:
             raise self.fail_on_segment
-        if session_id not in self._volumes:
-            raise SessionNotFound(f"server error 404: no session {session_id!r}")
-        volume, ijk_to_ras = self._volumes[session_id]
+        volume, ijk_to_ras = self._session(session_id)
         voxel_axis = geometry.slicing_voxel_axis(ijk_to_ras, axis)
         i0, j0, k0, i1, j1, k1 = (int(v) for v in box_ijk)
         first, last = geometry.box_slice_range(box_ijk, voxel_axis)
@@ -95,6 +106,65 @@ class ThresholdClient:
             if progress is not None:
                 progress(done, total)
         return labels
+
+    def segment_result(self, session_id: str, box_ijk, axis: str = "axial", propagate: bool = True, **options):
+        """:meth:`segment` (however it is set on this object) as the client's SegmentAnswer; made-up IoU 1.0 per
+        segmented slice (one candidate, or three with ``multimask``: the first kept)."""
+        from .client import SegmentAnswer
+
+        labels = self.segment(session_id, box_ijk, axis, propagate, **options)
+        volume, ijk_to_ras = self._session(session_id)
+        voxel_axis = geometry.slicing_voxel_axis(ijk_to_ras, axis)
+        first, last = geometry.box_slice_range(box_ijk, voxel_axis)
+        if not propagate:
+            first = last = first + (last - first) // 2
+        candidates = 3 if options.get("multimask") else 1
+        scores = [{"index": index, "iou": [1.0] * candidates, "kept": 0} for index in range(first, last + 1)]
+        return SegmentAnswer(labels, scores, first + (last - first) // 2)
+
+    def segment_everything(
+        self,
+        session_id: str,
+        axis: str = "axial",
+        ijk=None,
+        ras=None,
+        slice_index=None,
+        parameters=None,
+        progress: Optional[Callable[[int, int], None]] = None,
+        cancel: Optional[Callable[[], bool]] = None,
+    ):
+        """A stub of the server's "segment everything": mask n is the slice's voxels above the n-th of
+        :attr:`everything_levels` (default ``(-500, threshold)``) that any voxel passes: nested masks, the larger
+        painted first and the smaller on top, as the server paints SAM's. Records carry made-up scores (IoU 0.9,
+        0.8...); ``parameters`` are recorded, not used."""
+        from .everything import EverythingResult
+
+        self.calls.append(("segment_everything", session_id, axis, ijk, ras, slice_index, dict(parameters or {})))
+        if self.fail_on_segment is not None:
+            raise self.fail_on_segment
+        volume, ijk_to_ras = self._session(session_id)
+        voxel_axis = geometry.slicing_voxel_axis(ijk_to_ras, axis)
+        if ijk is None:
+            raise ValueError("this stand-in takes the slice as ijk only")
+        index = int(ijk[voxel_axis])
+        plane = volume[geometry.slab(voxel_axis, index, index)]
+        levels = self.everything_levels or (-500.0, self.threshold)
+        labels = np.zeros(plane.shape, dtype=np.uint16)
+        records = []
+        for label, level in enumerate(levels, start=1):
+            mask = plane > float(level)
+            if cancel is not None and cancel():
+                raise RuntimeError("cancelled")
+            if progress is not None:
+                progress(label, len(levels))
+            if not mask.any():
+                continue
+            labels[mask] = len(records) + 1
+            records.append({"label": len(records) + 1, "area": int(mask.sum()), "predicted_iou": 0.9 - 0.1 * len(records)})
+        offset = [0, 0, 0]
+        offset[voxel_axis] = index
+        shape_ijk = volume.shape[::-1]
+        return EverythingResult(labels, tuple(offset), tuple(shape_ijk), voxel_axis, index, axis, records, len(records))
 
     def close_session(self, session_id: str) -> None:
         self.calls.append(("close_session", session_id))
@@ -141,11 +211,19 @@ def stored_in_layout(
 ) -> Tuple[np.ndarray, np.ndarray]:
     """``(array, ijk_to_ras)``: an RAS-ordered ``array`` [i, j, k] stored in ``layout`` (a permutation and
     flips), centred on RAS 0, with the 4x4 matrix that keeps every voxel where it was."""
-    permutation, flips = layout
     ijk_to_ras = np.diag([*spacing, 1.0])
     ijk_to_ras[:3, 3] = -np.array(spacing) * (np.array(array.shape) - 1) / 2
+    return relayout(array, ijk_to_ras, layout)
+
+
+def relayout(array: np.ndarray, ijk_to_ras: np.ndarray, layout) -> Tuple[np.ndarray, np.ndarray]:
+    """``(array, ijk_to_ras)`` of the same image stored in another voxel order: ``layout`` is
+    ``(permutation, flips)``, new axis ``d`` being old axis ``permutation[d]``, reversed where ``flips[d]``.
+    The 4x4 matrix changes with the array, so every voxel keeps its place in RAS. (The one rule of the
+    tests that store a phantom in several voxel orders, the library's tests included.)"""
+    permutation, flips = layout
     array = array.transpose(permutation)
-    ijk_to_ras = ijk_to_ras[:, list(permutation) + [3]]
+    ijk_to_ras = np.array(ijk_to_ras, dtype=float)[:, list(permutation) + [3]]
     for axis, flip in enumerate(flips):
         if flip:
             array = np.flip(array, axis)
