@@ -131,6 +131,16 @@ def test_serve_command_line(tmp_path):
     assert settings.url == "http://127.0.0.1:9123"
 
 
+def test_the_local_server_picks_its_device_by_default_and_medsam_serve_takes_every_choice():
+    from medsam_monai.cli import build_parser
+
+    assert server_process.ServerSettings(python=sys.executable).device == "auto"
+    for device in (*server_process.DEVICES, "cuda:1"):
+        settings = server_process.ServerSettings(python=sys.executable, variant="tiny", device=device)
+        server_process.check_settings(settings)
+        assert build_parser().parse_args(server_process.serve_command(settings)[3:]).device == device
+
+
 def test_serve_command_line_is_accepted_by_medsam_serve():
     from medsam_monai.cli import build_parser
 
@@ -154,6 +164,8 @@ def test_serve_command_line_is_accepted_by_medsam_serve():
         ({"port": 0}, "outside 1..65535"),
         ({"variant": "vit_x"}, "not one of"),
         ({"precision": "fp16"}, "not one of"),
+        ({"device": "gpu"}, "device 'gpu' is not one of auto, cpu, cuda, mps"),
+        ({"device": "cuda:x"}, "not one of"),
         ({"checkpoint": "/no/such/weights.pth"}, "does not exist"),
     ],
 )

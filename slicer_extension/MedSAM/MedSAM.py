@@ -1741,7 +1741,7 @@ class MedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for name in server_process.VARIANTS:
             self.ui.variantComboBox.addItem(name, name)
         self.ui.deviceComboBox.clear()
-        for name in ("cpu", "cuda"):
+        for name in server_process.DEVICES:  # "auto": the server picks CUDA, else MPS, else the CPU
             self.ui.deviceComboBox.addItem(name, name)
         self.ui.preprocessingComboBox.clear()
         self.ui.preprocessingComboBox.addItem("Follow the checkpoint", "")  # nothing passed: the server chooses
@@ -1763,7 +1763,7 @@ class MedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.checkpointPathLineEdit.currentPath = settings_value("ServerCheckpoint", "")
         self.ui.portSpinBox.value = int(settings_value("ServerPort", server_process.DEFAULT_PORT))
         self._select_data(self.ui.variantComboBox, settings_value("ServerVariant", "vit_b"))
-        self._select_data(self.ui.deviceComboBox, settings_value("ServerDevice", "cpu"))
+        self._select_data(self.ui.deviceComboBox, settings_value("ServerDevice", "auto"))
         self._select_data(self.ui.preprocessingComboBox, settings_value("ServerPreprocessing", ""))
 
     def _save_settings(self):

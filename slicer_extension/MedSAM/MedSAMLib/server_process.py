@@ -29,6 +29,8 @@ from typing import Callable, Mapping, Optional, Sequence
 VARIANTS = ("vit_b", "vit_l", "vit_h", "tiny")
 DEFAULT_PORT = 8123  # medsam serve's default
 PRECISIONS = ("fp32", "bf16")
+# What ``medsam serve --device`` takes: ``auto`` picks CUDA, else Apple MPS, else the CPU, and says which.
+DEVICES = ("auto", "cpu", "cuda", "mps")
 # The image pipelines ``medsam serve --preprocessing`` takes: MedSAM's (stretch to 1024, min-max) or SAM's
 # (longest side 1024, mean/std, padding). None: pass nothing, and the server follows the checkpoint.
 PREPROCESSINGS = ("medsam", "sam")
@@ -55,7 +57,7 @@ class ServerSettings:
     host: str = "127.0.0.1"
     variant: str = "vit_b"
     checkpoint: Optional[str] = None
-    device: str = "cpu"
+    device: str = "auto"
     precision: str = "fp32"
     token: Optional[str] = None
     preprocessing: Optional[str] = None
@@ -78,6 +80,8 @@ def check_settings(settings: ServerSettings) -> None:
         raise ServerProcessError(f"port {settings.port} is outside 1..65535")
     if settings.variant not in VARIANTS:
         raise ServerProcessError(f"model variant {settings.variant!r} is not one of {', '.join(VARIANTS)}")
+    if settings.device not in DEVICES and not _is_numbered_cuda(settings.device):
+        raise ServerProcessError(f"device {settings.device!r} is not one of {', '.join(DEVICES)} (or cuda:N)")
     if settings.precision not in PRECISIONS:
         raise ServerProcessError(f"precision {settings.precision!r} is not one of {', '.join(PRECISIONS)}")
     if settings.preprocessing and settings.preprocessing not in PREPROCESSINGS:
@@ -86,6 +90,11 @@ def check_settings(settings: ServerSettings) -> None:
         )
     if settings.checkpoint and not Path(settings.checkpoint).exists():
         raise ServerProcessError(f"checkpoint {settings.checkpoint} does not exist")
+
+
+def _is_numbered_cuda(device: str) -> bool:
+    prefix, _, number = device.partition(":")
+    return prefix == "cuda" and number.isdigit()
 
 
 def _is_executable(path: str) -> bool:
