@@ -167,6 +167,25 @@ def ijk_to_display_index(index: Sequence[int], shape_ijk: Sequence[int], layout:
     return _apply(inverse, index)
 
 
+def slice_to_display(voxel_index: int, shape_ijk: Sequence[int], layout: DisplayLayout) -> int:
+    """The display slice of voxel index ``voxel_index`` along the voxel axis the slices run along
+    (``k`` for an axial slice of an RAS volume); no range check."""
+    index = [0, 0, 0]
+    index[layout.permutation[0]] = int(voxel_index)
+    return ijk_to_display_index(index, shape_ijk, layout)[0]
+
+
+def slice_to_voxel(display_slice: int, shape_ijk: Sequence[int], layout: DisplayLayout) -> int:
+    """The inverse of :func:`slice_to_display`: the voxel index along the slicing voxel axis of a display slice."""
+    return display_index_to_ijk((int(display_slice), 0, 0), shape_ijk, layout)[layout.permutation[0]]
+
+
+def display_pixel_spacing(affine: np.ndarray, layout: DisplayLayout) -> tuple[float, float]:
+    """(row, col) spacing in mm of the display slices: the lengths of the voxel axes they run along."""
+    row, col = (float(np.linalg.norm(np.asarray(affine, dtype=float)[:3, v])) for v in layout.permutation[1:])
+    return row, col
+
+
 def display_affine(affine: np.ndarray, shape_ijk: Sequence[int], layout: DisplayLayout) -> np.ndarray:
     """The affine of the display array: display indices (slice, row, col) to RAS millimetres."""
     return check_affine(affine) @ display_to_ijk_matrix(shape_ijk, layout)

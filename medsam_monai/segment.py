@@ -35,11 +35,11 @@ from .io import Volume
 from .orientation import (
     DisplayLayout,
     box_ijk_to_display,
-    display_index_to_ijk,
     display_layout,
     from_display,
     ijk_to_display_index,
     parse_axis,
+    slice_to_voxel,
     to_display,
 )
 from .predictor import CancelCheck, MedSAMPredictor, ObjectPrompt, ProgressCallback
@@ -508,8 +508,7 @@ def segment_volume_prompts(
 def slice_name(volume: Volume, axis: str, display_slice: int) -> str:
     """A display slice as the file's own voxel index along the slicing axis, e.g. ``k = 20``."""
     layout = display_layout(volume.affine, parse_axis(axis))
-    voxel_axis = layout.permutation[0]
-    return f"{'ijk'[voxel_axis]} = {display_index_to_ijk((display_slice, 0, 0), volume.shape, layout)[voxel_axis]}"
+    return f"{'ijk'[layout.permutation[0]]} = {slice_to_voxel(display_slice, volume.shape, layout)}"
 
 
 def dice(truth: np.ndarray, found: np.ndarray) -> float:

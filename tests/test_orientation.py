@@ -21,6 +21,8 @@ from medsam_monai.orientation import (
     ijk_to_display_index,
     parse_axis,
     ras_box_to_ijk,
+    slice_to_display,
+    slice_to_voxel,
     to_display,
 )
 
@@ -258,3 +260,17 @@ def test_a_strongly_oblique_affine_still_gets_a_permutation():
     for axis in AXES:
         layout = display_layout(affine, axis)
         assert sorted(layout.permutation) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("name", sorted(LAYOUTS))
+@pytest.mark.parametrize("axis", AXES)
+def test_a_voxel_slice_index_and_its_display_slice_are_the_same_plane(name, axis):
+    array, affine = LAYOUTS[name]
+    layout = display_layout(affine, axis)
+    display = to_display(array, layout)
+    voxel_axis = layout.permutation[0]
+    for index in range(array.shape[voxel_axis]):
+        shown = slice_to_display(index, array.shape, layout)
+        assert slice_to_voxel(shown, array.shape, layout) == index
+        plane = np.take(array, index, axis=voxel_axis)  # the file's own slice, in its voxel order
+        assert np.array_equal(np.sort(plane, axis=None), np.sort(display[shown], axis=None))

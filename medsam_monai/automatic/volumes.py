@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..masks import mask_box
-from ..orientation import DisplayLayout
+from ..orientation import DisplayLayout, display_pixel_spacing, slice_to_display, slice_to_voxel
 from ..propagation import CancelCheck, ObjectPrompt, ProgressCallback, propagate
 from .generator import AutomaticMaskGenerator
 from .grids import generate_crop_boxes
@@ -68,19 +68,12 @@ def display_slice(voxel_index: int, shape_ijk: Sequence[int], layout: DisplayLay
     name = "ijk"[layout.permutation[0]]
     if isinstance(voxel_index, bool) or int(voxel_index) != voxel_index or not 0 <= voxel_index < count:
         raise ValueError(f"slice {voxel_index} is outside the {layout.axis} slices {name} = 0..{count - 1}")
-    return count - 1 - int(voxel_index) if layout.flips[0] else int(voxel_index)
+    return slice_to_display(int(voxel_index), shape_ijk, layout)
 
 
 def voxel_slice(display_index: int, shape_ijk: Sequence[int], layout: DisplayLayout) -> int:
     """The inverse of :func:`display_slice`: the voxel index along the slice axis of a display slice."""
-    count = slice_count(shape_ijk, layout)
-    return count - 1 - int(display_index) if layout.flips[0] else int(display_index)
-
-
-def display_pixel_spacing(affine: np.ndarray, layout: DisplayLayout) -> tuple[float, float]:
-    """(row, col) spacing in mm of the display slices: the lengths of the voxel axes they run along."""
-    row, col = (float(np.linalg.norm(np.asarray(affine, dtype=float)[:3, v])) for v in layout.permutation[1:])
-    return row, col
+    return slice_to_voxel(display_index, shape_ijk, layout)
 
 
 def point_batches(generator: AutomaticMaskGenerator, shape_hw: Sequence[int]) -> int:

@@ -25,11 +25,12 @@ from ..images import KIND_VOLUME, input_kind, read_image_2d
 from ..io import Volume, read_volume
 from ..orientation import (
     DisplayLayout,
-    display_affine,
     display_layout,
+    display_pixel_spacing,
     display_shape,
     from_display,
     parse_axis,
+    slice_to_display,
     to_display,
 )
 from .array import IntensityForModality
@@ -79,8 +80,7 @@ class Plane:
         """The slice's index in the display array (the voxel index, reversed when the display flips it)."""
         if self.volume is None or self.layout is None or self.slice is None:
             return None
-        count = self.volume.shape[self.layout.permutation[0]]
-        return count - 1 - self.slice if self.layout.flips[0] else self.slice
+        return slice_to_display(self.slice, self.volume.shape, self.layout)
 
     def labels_on_grid(self, labels: np.ndarray) -> np.ndarray:
         """(H, W) labels of a volume's plane as a label volume ``[i, j, k]`` on the volume's grid (0 elsewhere)."""
@@ -147,15 +147,10 @@ def read_plane(
     if not 0 <= index < count:
         raise ValueError(f"slice {index} is outside the volume: its {name} axis ({'IJK'[voxel_axis]}) has slices 0..{count - 1}")
     intensities = np.asarray(IntensityForModality(modality, window)(volume.array))
-    plane = Plane(np.empty((0, 0), np.uint8), display_spacing(volume, layout), source, KIND_SLICE, name, index, volume, layout)
+    spacing = display_pixel_spacing(volume.affine, layout)
+    plane = Plane(np.empty((0, 0), np.uint8), spacing, source, KIND_SLICE, name, index, volume, layout)
     plane.image = np.ascontiguousarray(to_display(intensities, layout)[plane.display_slice])
     return plane
-
-
-def display_spacing(volume: Volume, layout: DisplayLayout) -> tuple[float, float]:
-    """(row, column) pixel size in mm of the volume's display slices along ``layout``."""
-    norms = np.linalg.norm(display_affine(volume.affine, volume.shape, layout)[:3, :3], axis=0)
-    return float(norms[1]), float(norms[2])
 
 
 class LoadPlaned(MapTransform):
