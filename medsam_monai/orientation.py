@@ -167,6 +167,16 @@ def ijk_to_display_index(index: Sequence[int], shape_ijk: Sequence[int], layout:
     return _apply(inverse, index)
 
 
+def nearest_voxel(point_ras: Sequence[float], affine: np.ndarray, shape_ijk: Sequence[int]) -> tuple[int, int, int] | None:
+    """The voxel ``(i, j, k)`` whose centre is nearest to a point in RAS mm, or None when that voxel
+    lies outside a volume of ``shape_ijk`` (or the point is not finite)."""
+    nearest = np.rint(wire.ras_to_ijk(point_ras, check_affine(affine))[0])
+    # Checked before turning into integers: a far point must be "outside", not an overflow.
+    if not np.all(np.isfinite(nearest)) or np.any(nearest < 0) or np.any(nearest >= np.asarray(shape_ijk[:3])):
+        return None
+    return int(nearest[0]), int(nearest[1]), int(nearest[2])
+
+
 def slice_to_display(voxel_index: int, shape_ijk: Sequence[int], layout: DisplayLayout) -> int:
     """The display slice of voxel index ``voxel_index`` along the voxel axis the slices run along
     (``k`` for an axial slice of an RAS volume); no range check."""

@@ -38,6 +38,7 @@ from .orientation import (
     display_layout,
     from_display,
     ijk_to_display_index,
+    nearest_voxel,
     parse_axis,
     slice_to_voxel,
     to_display,
@@ -192,11 +193,10 @@ def ras_point_to_voxel(point: Sequence[float], volume: Volume) -> tuple[int, int
     """The voxel whose centre is nearest to a point ``(x, y, z)`` in RAS mm; ValueError when it lies outside the image."""
     if len(point) != 3 or not all(np.isfinite(point)):
         raise ValueError(f"an RAS point has 3 finite numbers X,Y,Z (mm), got {_shown(point)}")
-    ijk = np.linalg.solve(np.asarray(volume.affine, float), np.array([*map(float, point), 1.0]))[:3]
-    nearest = np.rint(ijk).astype(np.int64)
-    if np.any(nearest < 0) or np.any(nearest >= np.array(volume.shape)):
+    nearest = nearest_voxel(point, volume.affine, volume.shape)
+    if nearest is None:
         raise ValueError(f"RAS point {_shown(point)} mm is outside the image")
-    return tuple(int(v) for v in nearest)  # type: ignore[return-value]
+    return nearest
 
 
 def _shown(values: Sequence[float]) -> str:

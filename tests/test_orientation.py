@@ -19,6 +19,7 @@ from medsam_monai.orientation import (
     display_shape,
     from_display,
     ijk_to_display_index,
+    nearest_voxel,
     parse_axis,
     ras_box_to_ijk,
     slice_to_display,
@@ -274,3 +275,18 @@ def test_a_voxel_slice_index_and_its_display_slice_are_the_same_plane(name, axis
         assert slice_to_voxel(shown, array.shape, layout) == index
         plane = np.take(array, index, axis=voxel_axis)  # the file's own slice, in its voxel order
         assert np.array_equal(np.sort(plane, axis=None), np.sort(display[shown], axis=None))
+
+
+@pytest.mark.parametrize("name", sorted(LAYOUTS))
+def test_the_nearest_voxel_of_an_ras_point_is_the_one_whose_centre_is_closest(name):
+    array, affine = LAYOUTS[name]
+    centres = {index: (affine @ np.array([*index, 1.0]))[:3] for index in itertools.product(*(range(n) for n in array.shape))}
+    rng = np.random.default_rng(1)
+    for index in rng.choice(len(centres), 20, replace=False):
+        voxel = list(centres)[index]
+        point = centres[voxel] + rng.uniform(-0.2, 0.2, 3)  # well inside its voxel (spacing >= 1 mm)
+        assert nearest_voxel(point, affine, array.shape) == voxel
+    far = affine @ np.array([-2.0, 0.0, 0.0, 1.0])  # two voxels before the first one along i
+    assert nearest_voxel(far[:3], affine, array.shape) is None
+    assert nearest_voxel([np.nan, 0.0, 0.0], affine, array.shape) is None
+    assert nearest_voxel([1e300, 0.0, 0.0], affine, array.shape) is None

@@ -29,10 +29,16 @@ from ..automatic import (
     point_batches,
     voxel_slice,
 )
-from ..orientation import DisplayLayout, box_display_to_ijk, display_index_to_ijk, from_display, ijk_to_display_index
+from ..orientation import (
+    DisplayLayout,
+    box_display_to_ijk,
+    display_index_to_ijk,
+    from_display,
+    ijk_to_display_index,
+    nearest_voxel,
+)
 from ..predictor import MedSAMPredictor
 from ..propagation import check_cancel
-from ..wire import ras_to_ijk
 from .models import EverythingRequest
 from .runtime import embedding_key
 from .segmentation import CancelCheck, ProgressCallback
@@ -113,11 +119,10 @@ def _display_slice(session: Session, layout: DisplayLayout, request: EverythingR
         if any(v >= n for v, n in zip(ijk, session.shape)):
             raise ValueError(f"voxel {list(ijk)} is outside the image (voxel indices 0..{last})")
     else:
-        nearest = np.rint(ras_to_ijk(request.ras, session.affine)[0])
-        # Checked before turning into integers: a far point must be "outside", not an overflow.
-        if not np.all(np.isfinite(nearest)) or np.any(nearest < 0) or np.any(nearest >= session.shape):
+        nearest = nearest_voxel(request.ras, session.affine, session.shape)
+        if nearest is None:
             raise ValueError(f"point at RAS {request.ras} mm is outside the image (voxel indices 0..{last})")
-        ijk = tuple(int(v) for v in nearest)
+        ijk = nearest
     return ijk_to_display_index(ijk, session.shape, layout)[0]
 
 

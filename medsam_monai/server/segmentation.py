@@ -18,12 +18,12 @@ import numpy as np
 
 from ..io import Volume
 from ..masks import mask_box
-from ..orientation import DisplayLayout, box_ijk_to_display, from_display, ijk_to_display_index, to_display
+from ..orientation import DisplayLayout, box_ijk_to_display, from_display, ijk_to_display_index, nearest_voxel, to_display
 from ..predictor import Cancelled, MedSAMPredictor, ObjectPrompt
 from ..propagation import SlicePoints, key_slice, propagate
 from ..segment import check_voxel_box, ras_box_to_voxel_box
 from ..transforms import mask_prompt_logits
-from ..wire import CodecError, decode_array, ras_to_ijk, volume_ras_bounds
+from ..wire import CodecError, decode_array, volume_ras_bounds
 from .models import MaskPrompt, Point, SegmentRequest
 from .runtime import embedding_key
 from .sessions import Session
@@ -164,13 +164,11 @@ def _display_point(point: Point, session: Session, layout: DisplayLayout) -> Dis
         if any(v >= n for v, n in zip(ijk, session.shape)):
             raise ValueError(f"point {list(ijk)} is outside the image (voxel indices 0..{[n - 1 for n in session.shape]})")
     else:
-        continuous = ras_to_ijk(point.ras, session.affine)[0]
-        nearest = np.rint(continuous)
-        # Checked before turning into integers: a far point must be "outside", not an overflow.
-        if not np.all(np.isfinite(nearest)) or np.any(nearest < 0) or np.any(nearest >= session.shape):
+        nearest = nearest_voxel(point.ras, session.affine, session.shape)
+        if nearest is None:
             last = [n - 1 for n in session.shape]
             raise ValueError(f"point at RAS {point.ras} mm is outside the image (voxel indices 0..{last})")
-        ijk = tuple(int(v) for v in nearest)
+        ijk = nearest
     s, r, c = ijk_to_display_index(ijk, session.shape, layout)
     return DisplayPoint(s, r, c, point.positive)
 
