@@ -192,7 +192,7 @@ class SaveAutomaticMasksd(MapTransform):
             "image": plane_description(plane),
             "label_map": label_file.name,
             "parameters": self.parameters,
-            "annotations": [{"label": n, **record} for n, record in enumerate(records, start=1)],
+            "annotations": automatic.json_records(records),
         }
         text = json.dumps(document, indent=1)
         return write_file_atomically(path, ".json", lambda temporary: temporary.write_text(text))
