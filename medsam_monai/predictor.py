@@ -33,7 +33,6 @@ from .propagation import (  # re-exported: callers import them from here
 )
 from .transforms import (
     check_preprocessing,
-    mask_logits,
     masks_and_probabilities,
     prepare_images,
     scale_boxes_to_model,
@@ -279,29 +278,6 @@ class MedSAMPredictor:
                 multimask_output=multimask_output,
             )
         return logits.float(), iou.float()
-
-    def predict_batch(
-        self,
-        embedding: torch.Tensor,
-        image_hw: tuple[int, int],
-        points: np.ndarray,
-        point_labels: np.ndarray,
-        boxes: np.ndarray | None = None,
-        mask_input: torch.Tensor | None = None,
-        multimask_output: bool = True,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """B prompts on one image, as segment-anything's ``predict_torch(..., return_logits=True)``.
-
-        Args:
-            points: (B, N, 2) ``(x, y)`` in image pixels; point_labels: (B, N).
-            boxes: (B, 4) in image pixels, or None.
-
-        Returns:
-            float32 logits (B, M, H, W) at the image size (:func:`~medsam_monai.transforms.mask_logits`:
-            masks are logits > 0), predicted IoU (B, M) and low-res logits (B, M, 256, 256).
-        """
-        low_res, iou = self.decode(embedding, image_hw, points, point_labels, boxes, mask_input, multimask_output)
-        return mask_logits(low_res, image_hw, self.preprocessing, self.image_size), iou, low_res
 
     def predict_slice(
         self,
